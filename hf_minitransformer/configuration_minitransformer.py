@@ -1,0 +1,116 @@
+"""MiniTransformer model configuration."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+from transformers.modeling_rope_utils import RopeParameters
+
+
+POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned", "rotary")
+LAYER_NORM_POSITIONS = ("post", "pre")
+HIDDEN_ACTS = ("relu", "gelu", "gelu_new", "silu")
+CLASSIFIER_POOLINGS = ("mean", "first", "last")
+
+
+@strict(accept_kwargs=True)
+class MiniTransformerConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`MiniTransformerModel`]: the Transformer of Vaswani et al. (2017), "Attention Is All You
+    Need", as the source document describes it. The defaults are the paper's base model, equation for equation:
+    sinusoidal positions added to scaled embeddings, post-LN residual blocks, ReLU feed-forward, multi-head scaled
+    dot-product attention with an output projection.
+
+    Modern variants are values of single fields, never separate classes:
+    `position_embedding_type` ("sinusoidal" | "learned" | "rotary"), `layer_norm_position` ("post" | "pre"),
+    `hidden_act` ("relu" | "gelu" | "gelu_new" | "silu") and `is_decoder` (bidirectional or causal self-attention).
+
+    ```python
+    >>> from hf_minitransformer import MiniTransformerConfig, MiniTransformerModel
+    >>> config = MiniTransformerConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4)
+    >>> model = MiniTransformerModel(config)
+    ```"""
+
+    model_type = "minitransformer"
+    keys_to_ignore_at_inference = ["cache"]
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.feed_forward.fc1": "colwise",
+        "layers.*.feed_forward.fc2": "rowwise",
+    }
+
+    # Sizes: Vaswani et al. Table 3, base model (d_model 512, h 8, d_ff 2048, N 6).
+    vocab_size: int = 32000  # number of token ids the embedding table holds
+    hidden_size: int = 512  # d_model
+    num_hidden_layers: int = 6  # N, the depth of the stack
+    num_attention_heads: int = 8  # h; each head has d_k = d_v = hidden_size / h
+    intermediate_size: int = 2048  # d_ff, the inner size of the position-wise feed-forward
+    max_position_embeddings: int = 512  # longest sequence for "sinusoidal" and "learned" positions
+    # Architecture choices.
+    hidden_act: str = "relu"  # FFN(x) = act(x W_1 + b_1) W_2 + b_2; the paper uses ReLU
+    position_embedding_type: str = "sinusoidal"  # "sinusoidal" (paper §3.5) | "learned" | "rotary" (RoFormer)
+    layer_norm_position: str = "post"  # "post": LayerNorm(x + Sublayer(x)) as in the paper | "pre": x + Sublayer(LN(x))
+    is_decoder: bool = False  # False: bidirectional self-attention (encoder); True: causal self-attention
+    scale_embeddings: bool = True  # multiply token embeddings by sqrt(d_model) (paper §3.4)
+    attention_bias: bool = False  # the paper's Q = X W_Q, K = X W_K, V = X W_V, W_O have no bias
+    rope_parameters: RopeParameters | dict | None = None  # rotary settings, used when position_embedding_type="rotary"
+    # Regularisation and numerics.
+    hidden_dropout_prob: float = 0.1  # P_drop on embeddings + positions and on every sublayer output (paper §5.4)
+    attention_dropout: float = 0.0  # dropout on attention probabilities; the paper uses none
+    layer_norm_eps: float = 1e-5  # epsilon of every LayerNorm (the paper does not give one; torch's default)
+    initializer_range: float = 0.02  # std of the normal init of Linear and Embedding weights
+    # Heads and generation.
+    classifier_pooling: str = "mean"  # sequence classification pools "mean" | "first" | "last" non-pad token
+    classifier_dropout: float | None = None  # dropout before classifier heads; None means hidden_dropout_prob
+    use_cache: bool = True  # return a KV cache from causal forward passes (used by generate)
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    tie_word_embeddings: bool = True  # paper §3.4: the output projection shares the embedding matrix
+
+    def __post_init__(self, **kwargs):
+        # Checked here rather than in `validate_architecture`, which @strict wraps in a non-ValueError: users catch
+        # ValueError, and this runs both for `MiniTransformerConfig(...)` and for `from_pretrained` of a config.json.
+        self._check_values()
+        super().__post_init__(**kwargs)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def _check_values(self):
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads})."
+            )
+        if self.position_embedding_type == "rotary" and self.head_dim % 2 != 0:
+            raise ValueError(
+                f"Rotary positions need an even head size, got hidden_size / num_attention_heads = {self.head_dim}."
+            )
+        for name, allowed in (
+            ("hidden_act", HIDDEN_ACTS),
+            ("position_embedding_type", POSITION_EMBEDDING_TYPES),
+            ("layer_norm_position", LAYER_NORM_POSITIONS),
+            ("classifier_pooling", CLASSIFIER_POOLINGS),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"`{name}` must be one of {', '.join(map(repr, allowed))}, got {value!r}.")
+        for name in ("hidden_dropout_prob", "attention_dropout", "classifier_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"`{name}` must be a probability between 0 and 1, got {value!r}.")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"`layer_norm_eps` must be positive, got {self.layer_norm_eps!r}.")
+        if not self.initializer_range >= 0:
+            raise ValueError(f"`initializer_range` must be non-negative, got {self.initializer_range!r}.")
+
+
+__all__ = ["MiniTransformerConfig"]
