@@ -1,0 +1,38 @@
+"""hf_minitransformer: the classic Transformer as a native Hugging Face transformers model.
+
+Importing the package registers the config and every head with the Auto classes, and marks them for remote code, so
+that `save_pretrained` writes `auto_map` plus the configuration and modeling files beside the weights.
+"""
+
+import transformers
+
+from .configuration_minitransformer import MiniTransformerConfig
+from .modeling_minitransformer import (
+    AUTO_CLASS_NAMES,
+    MiniTransformerForCausalLM,
+    MiniTransformerForMaskedLM,
+    MiniTransformerForSequenceClassification,
+    MiniTransformerForTokenClassification,
+    MiniTransformerModel,
+    MiniTransformerPreTrainedModel,
+)
+
+
+__version__ = "0.1.0"
+
+transformers.AutoConfig.register(MiniTransformerConfig.model_type, MiniTransformerConfig, exist_ok=True)
+MiniTransformerConfig.register_for_auto_class()
+for _auto_name, _class_name in AUTO_CLASS_NAMES.items():
+    _model_class = globals()[_class_name]
+    getattr(transformers, _auto_name).register(MiniTransformerConfig, _model_class, exist_ok=True)
+    _model_class.register_for_auto_class(_auto_name)
+
+__all__ = [
+    "MiniTransformerConfig",
+    "MiniTransformerPreTrainedModel",
+    "MiniTransformerModel",
+    "MiniTransformerForMaskedLM",
+    "MiniTransformerForCausalLM",
+    "MiniTransformerForSequenceClassification",
+    "MiniTransformerForTokenClassification",
+]

@@ -1,0 +1,623 @@
+"""MiniTransformer: the Transformer of "Attention Is All You Need" (Vaswani et al., 2017) as a transformers model.
+
+Data flow of the default configuration (the source document, equation for equation):
+
+    tokens -> X = Embedding(tokens) * sqrt(d_model) -> X + PE (sinusoidal) -> dropout
+           -> N x [ Z = LayerNorm(X + MultiHead(X))  ;  X = LayerNorm(Z + FFN(Z)) ]
+    MultiHead(X) = Concat(head_1 .. head_h) W_O,   head_i = softmax(Q_i K_i^T / sqrt(d_k)) V_i,
+    Q_i = X W_Q^i,  K_i = X W_K^i,  V_i = X W_V^i,  FFN(Z) = ReLU(Z W_1 + b_1) W_2 + b_2
+
+Variants (pre-LN, GELU, learned or rotary positions, causal self-attention) are values of config fields.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple, logging
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_minitransformer import MiniTransformerConfig
+
+
+logger = logging.get_logger(__name__)
+
+# Every head with its Auto class. Saved configs name them all in `auto_map`, so one folder serves each
+# `AutoModelFor...` through `trust_remote_code=True` whichever head wrote it.
+AUTO_CLASS_NAMES = {
+    "AutoModel": "MiniTransformerModel",
+    "AutoModelForMaskedLM": "MiniTransformerForMaskedLM",
+    "AutoModelForCausalLM": "MiniTransformerForCausalLM",
+    "AutoModelForSequenceClassification": "MiniTransformerForSequenceClassification",
+    "AutoModelForTokenClassification": "MiniTransformerForTokenClassification",
+}
+
+
+def sinusoidal_position_encoding(num_positions: int, dim: int) -> torch.Tensor:
+    """Vaswani et al. §3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d))."""
+    position = torch.arange(num_positions, dtype=torch.float64).unsqueeze(1)  # (positions, 1)
+    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))  # (ceil(dim/2),)
+    angles = position * inv_freq  # (positions, ceil(dim/2))
+    encoding = torch.zeros(num_positions, dim, dtype=torch.float64)
+    encoding[:, 0::2] = torch.sin(angles)
+    encoding[:, 1::2] = torch.cos(angles[:, : dim // 2])
+    # Built in float64 so that every dtype the model is cast to gets the correctly rounded table.
+    return encoding.to(torch.get_default_dtype())
+
+
+class MiniTransformerEmbeddings(nn.Module):
+    """Token embeddings scaled by sqrt(d_model), plus absolute positions ("sinusoidal" or "learned"), then dropout."""
+
+    def __init__(self, config: MiniTransformerConfig):
+        super().__init__()
+        self.config = config
+        self.token_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        # Vaswani et al. §3.4: "In the embedding layers, we multiply those weights by sqrt(d_model)."
+        self.embedding_scale = math.sqrt(config.hidden_size) if config.scale_embeddings else 1.0
+        if config.position_embedding_type == "sinusoidal":
+            # Non-persistent: a pure function of the config, so it is rebuilt (in `_init_weights`), never saved.
+            table = sinusoidal_position_encoding(config.max_position_embeddings, config.hidden_size)
+            self.register_buffer("position_encoding", table, persistent=False)
+        elif config.position_embedding_type == "learned":
+            self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.LongTensor) -> torch.Tensor:
+        """`inputs_embeds` are raw token embeddings (batch, seq, hidden); `position_ids` is (batch or 1, seq)."""
+        hidden_states = inputs_embeds * self.embedding_scale
+        if self.config.position_embedding_type == "sinusoidal":
+            hidden_states = hidden_states + self.position_encoding[position_ids].to(hidden_states.dtype)
+        elif self.config.position_embedding_type == "learned":
+            hidden_states = hidden_states + self.position_embeddings(position_ids)
+        return self.dropout(hidden_states)
+
+
+class MiniTransformerRotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al., 2021): cos/sin tables rotating query and key pairs by position."""
+
+    def __init__(self, config: MiniTransformerConfig):
+        super().__init__()
+        self.config = config
+        self.rope_type = config.rope_parameters["rope_type"]
+        rope_init_fn = self.compute_default_rope_parameters
+        if self.rope_type != "default":
+            rope_init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = rope_init_fn(config)
+        # Non-persistent; the names are the ones transformers' base `_init_weights` rebuilds after loading.
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+
+    @staticmethod
+    def compute_default_rope_parameters(config: MiniTransformerConfig, **kwargs) -> tuple[torch.Tensor, float]:
+        base = config.rope_parameters["rope_theta"]
+        dim = config.head_dim
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))  # (head_dim / 2,)
+        return inv_freq, 1.0
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq.float()  # (batch or 1, seq, head_dim / 2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (batch or 1, seq, head_dim)
+        cos = emb.cos() * self.attention_scaling
+        sin = emb.sin() * self.attention_scaling
+        return cos.to(x.dtype), sin.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin):
+    """Rotate (batch, heads, seq, head_dim) queries and keys by the (batch, seq, head_dim) angle tables."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
+    return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Unpack[TransformersKwargs],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(Q K^T / sqrt(d_k) + mask) V, written out: the reference every other backend must match."""
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (batch, heads, q_len, kv_len)
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask  # additive: 0 where allowed, dtype min where masked
+    # Softmax in float32 even under bf16/fp16: the row sums are what half precision gets wrong.
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value)  # (batch, heads, q_len, head_dim)
+    attn_output = attn_output.transpose(1, 2).contiguous()  # (batch, q_len, heads, head_dim)
+    return attn_output, attn_weights
+
+
+class MiniTransformerAttention(nn.Module):
+    """Multi-head scaled dot-product self-attention with output projection W_O (Vaswani et al. §3.2.2)."""
+
+    # Notation: batch | seq: query length | kv_len: cached + new key length | heads: h | head_dim: d_k = d_model / h
+
+    def __init__(self, config: MiniTransformerConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.scaling = self.head_dim**-0.5  # 1 / sqrt(d_k)
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = config.is_decoder
+        # The h per-head W_Q^i (d_model x d_k) are stored side by side as one d_model x d_model matrix, and so on.
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]  # (batch, seq)
+        hidden_shape = (*input_shape, -1, self.head_dim)  # (batch, seq, heads, head_dim)
+
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (batch, heads, seq, head_dim)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (batch, heads, seq, head_dim)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (batch, heads, seq, head_dim)
+
+        if position_embeddings is not None:
+            cos, sin = position_embeddings
+            query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+
+        if cache is not None:
+            # (batch, heads, kv_len, head_dim): this step's keys and values appended to the cached ones
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()  # Concat(head_1..head_h): (batch, seq, hidden)
+        attn_output = self.o_proj(attn_output)
+        return attn_output, attn_weights
+
+
+class MiniTransformerFeedForward(nn.Module):
+    """Position-wise feed-forward: FFN(x) = act(x W_1 + b_1) W_2 + b_2 (Vaswani et al. §3.3)."""
+
+    def __init__(self, config: MiniTransformerConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act_fn = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act_fn(self.fc1(hidden_states)))
+
+
+class MiniTransformerLayer(GradientCheckpointingLayer):
+    """One block: self-attention then feed-forward, each wrapped in dropout, a residual add and a LayerNorm."""
+
+    def __init__(self, config: MiniTransformerConfig, layer_idx: int):
+        super().__init__()
+        self.pre_norm = config.layer_norm_position == "pre"
+        self.self_attn = MiniTransformerAttention(config, layer_idx)
+        self.attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.feed_forward = MiniTransformerFeedForward(config)
+        self.ffn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # Vaswani et al. §5.4: dropout on each sub-layer's output, before the residual add.
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        if self.pre_norm:
+            # Pre-LN (Xiong et al., 2020): x + Sublayer(LayerNorm(x)); the model adds one final LayerNorm.
+            attn_output, _ = self.self_attn(
+                self.attn_layer_norm(hidden_states), attention_mask, position_embeddings, cache, **kwargs
+            )
+            hidden_states = hidden_states + self.dropout(attn_output)
+            return hidden_states + self.dropout(self.feed_forward(self.ffn_layer_norm(hidden_states)))
+
+        # Self Attention: Z = LayerNorm(X + MultiHead(X))
+        attn_output, _ = self.self_attn(hidden_states, attention_mask, position_embeddings, cache, **kwargs)
+        hidden_states = self.attn_layer_norm(hidden_states + self.dropout(attn_output))
+        # Feed Forward: LayerNorm(Z + FFN(Z))
+        hidden_states = self.ffn_layer_norm(hidden_states + self.dropout(self.feed_forward(hidden_states)))
+        return hidden_states
+
+
+class MiniTransformerPreTrainedModel(PreTrainedModel):
+    config: MiniTransformerConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MiniTransformerLayer"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _can_record_outputs = {
+        "hidden_states": MiniTransformerLayer,
+        "attentions": MiniTransformerAttention,
+    }
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        super()._init_weights(module)
+        if isinstance(module, MiniTransformerEmbeddings) and hasattr(module, "position_encoding"):
+            # Non-persistent buffers are not in the checkpoint: without this they come back as garbage.
+            table = sinusoidal_position_encoding(self.config.max_position_embeddings, self.config.hidden_size)
+            init.copy_(module.position_encoding, table)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers writes `auto_map` only for the class being saved; add the other heads, keeping any entry
+        # already there (a model loaded from the Hub carries "repo--module.Class" references).
+        module = self.__class__.__module__.rsplit(".", 1)[-1]
+        defaults = {auto: f"{module}.{name}" for auto, name in AUTO_CLASS_NAMES.items()}
+        self.config.auto_map = {**defaults, **(getattr(self.config, "auto_map", None) or {})}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class MiniTransformerModel(MiniTransformerPreTrainedModel):
+    """The bare stack: embeddings + positions, N layers, and (pre-LN only) a final LayerNorm."""
+
+    def __init__(self, config: MiniTransformerConfig):
+        super().__init__(config)
+        self.embeddings = MiniTransformerEmbeddings(config)
+        self.rotary_emb = (
+            MiniTransformerRotaryEmbedding(config) if config.position_embedding_type == "rotary" else None
+        )
+        self.layers = nn.ModuleList(
+            [MiniTransformerLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        # Post-LN outputs are already normalised; pre-LN leaves the residual stream un-normalised.
+        self.final_layer_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.layer_norm_position == "pre" else None
+        )
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.token_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.embeddings.token_embeddings = value
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPast:
+        r"""
+        Args:
+            input_ids: (batch, seq) token ids in [0, vocab_size). Give either these or `inputs_embeds`.
+            attention_mask: (batch, cached + seq) with 1 for tokens to attend to and 0 for padding, or a prepared
+                4D mask (batch, 1, seq, kv_len).
+            position_ids: (batch, seq) positions; defaults to cached length + arange(seq).
+            cache: a transformers `Cache` of earlier keys and values (causal models only).
+            inputs_embeds: (batch, seq, hidden) raw token embeddings, as `get_input_embeddings()` returns them;
+                the sqrt(d_model) scale and the positions are applied here.
+
+        Returns:
+            `BaseModelOutputWithPast` with `last_hidden_state` (batch, seq, hidden) and, for causal models with
+            `use_cache`, the `cache`.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        if inputs_embeds is None:
+            self._check_token_ids(input_ids)
+            inputs_embeds = self.embeddings.token_embeddings(input_ids)
+
+        if use_cache and cache is None and self.config.is_decoder:
+            cache = DynamicCache(config=self.config)
+        past_seen_tokens = cache.get_seq_length() if cache is not None else 0
+        seq_length = inputs_embeds.shape[1]
+        if position_ids is None:
+            position_ids = torch.arange(seq_length, device=inputs_embeds.device) + past_seen_tokens
+            position_ids = position_ids.unsqueeze(0)  # (1, seq)
+        self._check_positions(position_ids, past_seen_tokens + seq_length)
+        self._check_attention_mask(attention_mask, inputs_embeds.shape[0], seq_length, past_seen_tokens)
+
+        mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache)
+        if self.config.is_decoder:
+            attention_mask = create_causal_mask(**mask_kwargs, position_ids=position_ids)
+        else:
+            attention_mask = create_bidirectional_mask(**mask_kwargs)
+
+        hidden_states = self.embeddings(inputs_embeds, position_ids)
+        position_embeddings = self.rotary_emb(hidden_states, position_ids) if self.rotary_emb is not None else None
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                attention_mask=attention_mask,
+                position_embeddings=position_embeddings,
+                cache=cache,
+                position_ids=position_ids,
+                **kwargs,
+            )
+        if self.final_layer_norm is not None:
+            hidden_states = self.final_layer_norm(hidden_states)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
+
+    # Input checks: an index error deep inside an embedding lookup (or a CUDA assert) tells the user nothing.
+    # They read tensor values, so they are skipped while torch.compile traces the model.
+    def _check_token_ids(self, input_ids: torch.LongTensor):
+        if torch.compiler.is_compiling() or input_ids.numel() == 0:
+            return
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= self.config.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"input_ids contains token id {bad}, outside the vocabulary [0, {self.config.vocab_size}). "
+                "Check that the tokenizer matches the model, or resize the embeddings with `resize_token_embeddings`."
+            )
+
+    def _check_positions(self, position_ids: torch.LongTensor, total_length: int):
+        if self.config.position_embedding_type == "rotary" or torch.compiler.is_compiling():
+            return  # rotary positions are computed on the fly and extend to any length
+        limit = self.config.max_position_embeddings
+        if total_length > limit or int(position_ids.max()) >= limit or int(position_ids.min()) < 0:
+            raise ValueError(
+                f"Sequence of {total_length} tokens (largest position {int(position_ids.max())}) does not fit "
+                f"max_position_embeddings={limit} of {self.config.position_embedding_type!r} positions; positions "
+                f"must lie in [0, {limit}). Truncate the input, or use position_embedding_type='rotary'."
+            )
+
+    def _check_attention_mask(self, attention_mask: torch.Tensor | None, batch: int, seq: int, past: int):
+        if attention_mask is None:
+            return
+        shape = tuple(attention_mask.shape)
+        if attention_mask.dim() == 2:
+            ok = shape == (batch, past + seq)
+            expected = f"(batch={batch}, cached + new tokens={past + seq})"
+        elif attention_mask.dim() == 4:
+            ok = shape[0] == batch and shape[2] == seq and shape[3] >= past + seq
+            expected = f"(batch={batch}, 1 or heads, query length={seq}, key length>={past + seq})"
+        else:
+            ok, expected = False, "2D (batch, cached + new tokens) or 4D (batch, 1, query length, key length)"
+        if not ok:
+            raise ValueError(f"attention_mask has shape {shape}; expected {expected}.")
+
+
+class MiniTransformerForMaskedLM(MiniTransformerPreTrainedModel):
+    """Encoder with a tied projection onto the vocabulary, trained to fill in masked tokens."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embeddings.token_embeddings.weight"}
+
+    def __init__(self, config: MiniTransformerConfig):
+        super().__init__(config)
+        self.model = MiniTransformerModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MaskedLMOutput:
+        r"""
+        labels: (batch, seq) target ids at masked positions, -100 elsewhere (ignored by the loss).
+        Returns `MaskedLMOutput` with `logits` (batch, seq, vocab).
+        """
+        outputs = self.model(
+            input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+class MiniTransformerForCausalLM(MiniTransformerPreTrainedModel, GenerationMixin):
+    """Decoder-only language model: causal self-attention, tied output projection, generation with a KV cache."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embeddings.token_embeddings.weight"}
+
+    def __init__(self, config: MiniTransformerConfig):
+        if not config.is_decoder:
+            logger.info("MiniTransformerForCausalLM needs causal self-attention: setting `config.is_decoder=True`.")
+            config.is_decoder = True
+        super().__init__(config)
+        self.model = MiniTransformerModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.post_init()
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CausalLMOutputWithPast:
+        r"""
+        labels: (batch, seq) the input ids themselves (-100 to ignore a position); the loss shifts them by one, so
+            position t is scored on predicting token t + 1.
+        logits_to_keep: compute logits only for the last `n` positions (0: all), or for the given indices.
+        Returns `CausalLMOutputWithPast` with `logits` (batch, kept positions, vocab) and the `cache`.
+        """
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            # ForCausalLMLoss shifts the labels itself and ignores -100.
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class MiniTransformerForSequenceClassification(MiniTransformerPreTrainedModel):
+    """Pools the sequence (`config.classifier_pooling`) and classifies it; regression, single- or multi-label."""
+
+    def __init__(self, config: MiniTransformerConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = MiniTransformerModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> SequenceClassifierOutput:
+        r"""
+        labels: (batch,) class ids, (batch, num_labels) multi-hot floats, or (batch,) floats for regression;
+            `config.problem_type` decides (inferred from num_labels and the labels' dtype when unset).
+        Returns `SequenceClassifierOutput` with `logits` (batch, num_labels).
+        """
+        outputs = self.model(
+            input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
+        )
+        pooled = self.pool(outputs.last_hidden_state, attention_mask)
+        logits = self.classifier(self.dropout(pooled))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+    def pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """(batch, seq, hidden) -> (batch, hidden), ignoring padding marked 0 in a 2D `attention_mask`."""
+        if attention_mask is None or attention_mask.dim() != 2:
+            attention_mask = torch.ones(hidden_states.shape[:2], device=hidden_states.device)
+        mask = attention_mask.to(hidden_states.dtype)  # (batch, seq)
+        if self.config.classifier_pooling == "first":
+            return hidden_states[:, 0]
+        if self.config.classifier_pooling == "mean":
+            summed = (hidden_states * mask.unsqueeze(-1)).sum(dim=1)
+            return summed / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+        # "last": the last attended position, whichever side the padding is on.
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        last = (mask.long() * positions).argmax(dim=-1)  # (batch,)
+        return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
+
+
+class MiniTransformerForTokenClassification(MiniTransformerPreTrainedModel):
+    """A label for every token (NER, tagging): dropout + linear classifier over each hidden state."""
+
+    def __init__(self, config: MiniTransformerConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = MiniTransformerModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> TokenClassifierOutput:
+        r"""
+        labels: (batch, seq) class ids, -100 for positions to ignore (padding, continuation sub-words).
+        Returns `TokenClassifierOutput` with `logits` (batch, seq, num_labels).
+        """
+        outputs = self.model(
+            input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
+        )
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, config=self.config)
+        return TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+__all__ = [
+    "MiniTransformerPreTrainedModel",
+    "MiniTransformerModel",
+    "MiniTransformerForMaskedLM",
+    "MiniTransformerForCausalLM",
+    "MiniTransformerForSequenceClassification",
+    "MiniTransformerForTokenClassification",
+]
