@@ -50,7 +50,7 @@ class MiniTransformerConfig(PreTrainedConfig):
     # Architecture choices.
     hidden_act: str = "relu"  # FFN(x) = act(x W_1 + b_1) W_2 + b_2; the paper uses ReLU
     position_embedding_type: str = "sinusoidal"  # "sinusoidal" (paper §3.5) | "learned" | "rotary" (RoFormer)
-    layer_norm_position: str = "post"  # "post": LayerNorm(x + Sublayer(x)) as in the paper | "pre": x + Sublayer(LN(x))
+    layer_norm_position: str = "post"  # "post": LayerNorm(x + Sublayer(x)), the paper | "pre": x + Sublayer(LN(x))
     is_decoder: bool = False  # False: bidirectional self-attention (encoder); True: causal self-attention
     scale_embeddings: bool = True  # multiply token embeddings by sqrt(d_model) (paper §3.4)
     attention_bias: bool = False  # the paper's Q = X W_Q, K = X W_K, V = X W_V, W_O have no bias

@@ -110,12 +110,15 @@ class MiniTransformerRotaryEmbedding(nn.Module):
     def compute_default_rope_parameters(config: MiniTransformerConfig, **kwargs) -> tuple[torch.Tensor, float]:
         base = config.rope_parameters["rope_theta"]
         dim = config.head_dim
-        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))  # (head_dim / 2,)
-        return inv_freq, 1.0
+        # theta_j = base^(-2j / d_k); built in float64, stored in the default dtype (float32 unless asked otherwise).
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))  # (head_dim / 2,)
+        return inv_freq.to(torch.get_default_dtype()), 1.0
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = position_ids[..., None].float() * self.inv_freq.float()  # (batch or 1, seq, head_dim / 2)
+        # Angles in at least float32: positions times frequencies lose too many digits in half precision.
+        dtype = torch.promote_types(self.inv_freq.dtype, torch.float32)
+        freqs = position_ids[..., None].to(dtype) * self.inv_freq.to(dtype)  # (batch or 1, seq, head_dim / 2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (batch or 1, seq, head_dim)
         cos = emb.cos() * self.attention_scaling
         sin = emb.sin() * self.attention_scaling
@@ -148,8 +151,9 @@ def eager_attention_forward(
     attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (batch, heads, q_len, kv_len)
     if attention_mask is not None:
         attn_weights = attn_weights + attention_mask  # additive: 0 where allowed, dtype min where masked
-    # Softmax in float32 even under bf16/fp16: the row sums are what half precision gets wrong.
-    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    # Softmax in at least float32 under bf16/fp16: the row sums are what half precision gets wrong.
+    softmax_dtype = torch.promote_types(attn_weights.dtype, torch.float32)
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=softmax_dtype).to(query.dtype)
     attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
     attn_output = torch.matmul(attn_weights, value)  # (batch, heads, q_len, head_dim)
     attn_output = attn_output.transpose(1, 2).contiguous()  # (batch, q_len, heads, head_dim)
@@ -211,7 +215,7 @@ class MiniTransformerAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
-        attn_output = attn_output.reshape(*input_shape, -1).contiguous()  # Concat(head_1..head_h): (batch, seq, hidden)
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()  # Concat(heads): (batch, seq, hidden)
         attn_output = self.o_proj(attn_output)
         return attn_output, attn_weights
 
@@ -309,9 +313,9 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
             [MiniTransformerLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
         )
         # Post-LN outputs are already normalised; pre-LN leaves the residual stream un-normalised.
-        self.final_layer_norm = (
-            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.layer_norm_position == "pre" else None
-        )
+        self.final_layer_norm = None
+        if config.layer_norm_position == "pre":
+            self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
 

@@ -7,8 +7,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import hf_minitransformer  # noqa: E402  (registers the Auto classes)
-from hf_minitransformer import MiniTransformerConfig  # noqa: E402
+from hf_minitransformer import MiniTransformerConfig  # noqa: E402  (the import registers the Auto classes)
 
 
 TINY = dict(

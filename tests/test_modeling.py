@@ -1,0 +1,232 @@
+import pytest
+import torch
+from torch import nn
+
+from hf_minitransformer import (
+    MiniTransformerForCausalLM,
+    MiniTransformerForMaskedLM,
+    MiniTransformerForSequenceClassification,
+    MiniTransformerForTokenClassification,
+    MiniTransformerModel,
+)
+
+from .conftest import make_config
+
+
+def batch(vocab_size=99, size=(2, 7)):
+    return torch.randint(3, vocab_size, size)
+
+
+def test_base_model_shapes_and_final_norm():
+    for position in ("post", "pre"):
+        model = MiniTransformerModel(make_config(layer_norm_position=position)).eval()
+        assert (model.final_layer_norm is not None) == (position == "pre")
+        assert model(batch()).last_hidden_state.shape == (2, 7, 32)
+
+
+def test_masked_lm_loss_ignores_unlabelled_positions():
+    model = MiniTransformerForMaskedLM(make_config()).eval()
+    input_ids = batch()
+    labels = torch.full_like(input_ids, -100)
+    labels[:, 2] = input_ids[:, 2]
+    out = model(input_ids, labels=labels)
+    assert out.logits.shape == (2, 7, 99)
+    expected = nn.functional.cross_entropy(out.logits[:, 2], input_ids[:, 2])
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_causal_lm_loss_shifts_labels():
+    model = MiniTransformerForCausalLM(make_config()).eval()
+    assert model.config.is_decoder
+    input_ids = batch()
+    out = model(input_ids, labels=input_ids)
+    expected = nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 99), input_ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, expected)
+
+
+@pytest.mark.parametrize(
+    "problem_type, labels",
+    [
+        ("single_label_classification", torch.tensor([0, 2])),
+        ("multi_label_classification", torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])),
+    ],
+)
+def test_sequence_classification_problem_types(problem_type, labels):
+    model = MiniTransformerForSequenceClassification(make_config(num_labels=3)).eval()
+    out = model(batch(), labels=labels)
+    assert out.logits.shape == (2, 3)
+    assert model.config.problem_type == problem_type
+    if problem_type == "single_label_classification":
+        expected = nn.functional.cross_entropy(out.logits, labels)
+    else:
+        expected = nn.functional.binary_cross_entropy_with_logits(out.logits, labels)
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_sequence_regression():
+    model = MiniTransformerForSequenceClassification(make_config(num_labels=1)).eval()
+    labels = torch.tensor([0.5, -1.0])
+    out = model(batch(), labels=labels)
+    assert model.config.problem_type == "regression"
+    torch.testing.assert_close(out.loss, nn.functional.mse_loss(out.logits.squeeze(-1), labels))
+
+
+@pytest.mark.parametrize("pooling", ["mean", "first", "last"])
+def test_sequence_classification_pooling_ignores_padding(pooling):
+    model = MiniTransformerForSequenceClassification(make_config(num_labels=2, classifier_pooling=pooling)).eval()
+    input_ids = batch(size=(1, 5))
+    padded = torch.cat([input_ids, torch.zeros(1, 3, dtype=torch.long)], dim=1)
+    mask = torch.tensor([[1] * 5 + [0] * 3])
+    with torch.no_grad():
+        alone = model(input_ids).logits
+        with_padding = model(padded, attention_mask=mask).logits
+    torch.testing.assert_close(with_padding, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_token_classification():
+    model = MiniTransformerForTokenClassification(make_config(num_labels=5)).eval()
+    input_ids = batch()
+    labels = torch.randint(0, 5, (2, 7))
+    labels[:, -2:] = -100
+    out = model(input_ids, labels=labels)
+    assert out.logits.shape == (2, 7, 5)
+    expected = nn.functional.cross_entropy(out.logits[:, :-2].reshape(-1, 5), labels[:, :-2].reshape(-1))
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_return_dict_false_gives_tuple_with_loss_first():
+    model = MiniTransformerForCausalLM(make_config()).eval()
+    input_ids = batch()
+    as_dict = model(input_ids, labels=input_ids)
+    as_tuple = model(input_ids, labels=input_ids, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], as_dict.loss)
+    torch.testing.assert_close(as_tuple[1], as_dict.logits)
+
+
+def test_output_hidden_states_and_attentions_are_captured():
+    model = MiniTransformerModel(make_config()).eval()
+    model.set_attn_implementation("eager")
+    out = model(batch(), output_hidden_states=True, output_attentions=True)
+    assert len(out.hidden_states) == 3  # embeddings + one per layer
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state)
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 4, 7, 7)
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 4, 7))
+    assert model(batch()).hidden_states is None
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = MiniTransformerForCausalLM(make_config())
+    model.train()
+    input_ids = batch()
+    model(input_ids, labels=input_ids).loss.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing
+    calls = []
+    model.model.layers[0].feed_forward.register_forward_hook(lambda *args: calls.append(1))
+    model(input_ids, labels=input_ids).loss.backward()
+    assert len(calls) == 2  # the layer ran again during backward: activations were recomputed, not stored
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, reference[name], msg=name)
+
+
+def test_output_projection_is_tied_and_survives_resize():
+    model = MiniTransformerForMaskedLM(make_config())
+    assert model.lm_head.weight is model.model.embeddings.token_embeddings.weight
+    with torch.no_grad():
+        model.lm_head.bias.normal_()
+    old_bias = model.lm_head.bias.clone()
+    model.resize_token_embeddings(120)
+    assert model.config.vocab_size == 120
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    assert model.lm_head.weight.shape == (120, 32) and model.lm_head.bias.shape == (120,)
+    torch.testing.assert_close(model.lm_head.bias[:99], old_bias)
+    assert model(torch.tensor([[119, 5]])).logits.shape == (1, 2, 120)
+
+
+def test_untied_embeddings_when_asked():
+    model = MiniTransformerForCausalLM(make_config(tie_word_embeddings=False))
+    assert model.lm_head.weight is not model.model.embeddings.token_embeddings.weight
+
+
+def test_initialisation_statistics():
+    config = make_config(hidden_size=128, intermediate_size=512, initializer_range=0.02)
+    model = MiniTransformerForCausalLM(config)
+    q = model.model.layers[0].self_attn.q_proj.weight
+    assert abs(q.std().item() - 0.02) < 0.002 and abs(q.mean().item()) < 0.002
+    norm = model.model.layers[0].attn_layer_norm
+    assert torch.equal(norm.weight, torch.ones(128)) and torch.equal(norm.bias, torch.zeros(128))
+    assert torch.equal(model.model.layers[0].feed_forward.fc1.bias, torch.zeros(512))
+    assert torch.equal(model.lm_head.bias, torch.zeros(99))
+    assert torch.equal(model.get_input_embeddings().weight[config.pad_token_id], torch.zeros(128))
+
+
+def test_inputs_embeds_equal_input_ids():
+    model = MiniTransformerForCausalLM(make_config()).eval()
+    input_ids = batch()
+    embeds = model.get_input_embeddings()(input_ids)
+    torch.testing.assert_close(model(inputs_embeds=embeds).logits, model(input_ids).logits)
+
+
+def test_logits_to_keep():
+    model = MiniTransformerForCausalLM(make_config()).eval()
+    input_ids = batch()
+    full = model(input_ids).logits
+    torch.testing.assert_close(model(input_ids, logits_to_keep=1).logits, full[:, -1:])
+    torch.testing.assert_close(model(input_ids, logits_to_keep=torch.tensor([0, 3])).logits, full[:, [0, 3]])
+
+
+def test_explicit_position_ids_shift_the_encoding():
+    model = MiniTransformerModel(make_config()).eval()
+    input_ids = batch(size=(1, 5))
+    default = model(input_ids).last_hidden_state
+    torch.testing.assert_close(model(input_ids, position_ids=torch.arange(5)[None]).last_hidden_state, default)
+    assert not torch.allclose(model(input_ids, position_ids=torch.arange(3, 8)[None]).last_hidden_state, default)
+
+
+def test_bfloat16_forward():
+    model = MiniTransformerForCausalLM(make_config()).to(torch.bfloat16).eval()
+    out = model(batch())
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits.float()).all()
+
+
+# Bad input: a clear ValueError naming the value, not an index error deep inside.
+
+
+def test_token_ids_outside_the_vocabulary():
+    model = MiniTransformerModel(make_config())
+    with pytest.raises(ValueError, match=r"token id 99, outside the vocabulary \[0, 99\)"):
+        model(torch.tensor([[5, 99]]))
+    with pytest.raises(ValueError, match=r"token id -1"):
+        model(torch.tensor([[-1, 5]]))
+
+
+@pytest.mark.parametrize("position_embedding_type", ["sinusoidal", "learned"])
+def test_sequence_longer_than_the_position_table(position_embedding_type):
+    model = MiniTransformerModel(make_config(position_embedding_type=position_embedding_type))
+    with pytest.raises(ValueError, match=r"Sequence of 65 tokens .* max_position_embeddings=64"):
+        model(torch.randint(3, 99, (1, 65)))
+    with pytest.raises(ValueError, match="largest position 64"):
+        model(torch.randint(3, 99, (1, 4)), position_ids=torch.arange(61, 65)[None])
+
+
+def test_rotary_positions_extend_past_max_position_embeddings():
+    model = MiniTransformerModel(make_config(position_embedding_type="rotary"))
+    assert model(torch.randint(3, 99, (1, 80))).last_hidden_state.shape == (1, 80, 32)
+
+
+@pytest.mark.parametrize(
+    "mask", [torch.ones(2, 6), torch.ones(3, 7), torch.ones(7), torch.ones(2, 1, 7), torch.ones(2, 1, 5, 7)]
+)
+def test_attention_mask_of_the_wrong_shape(mask):
+    model = MiniTransformerModel(make_config())
+    with pytest.raises(ValueError, match=r"attention_mask has shape"):
+        model(batch(), attention_mask=mask)
+
+
+def test_exactly_one_of_ids_and_embeds():
+    model = MiniTransformerModel(make_config())
+    with pytest.raises(ValueError, match="exactly one of `input_ids` and `inputs_embeds`"):
+        model()
