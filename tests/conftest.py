@@ -43,3 +43,34 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+# A fresh interpreter in which `hf_minitransformer` cannot be imported, so only a saved folder's remote code
+# (`trust_remote_code=True`) can provide the model. The package is installed in this venv, so it is hidden with
+# `sys.modules[name] = None` (the import system then raises ModuleNotFoundError), and the prelude checks that it is.
+_BLOCK_PACKAGE = """\
+import sys
+sys.modules["hf_minitransformer"] = None
+try:
+    import hf_minitransformer
+except ImportError:
+    pass
+else:
+    raise SystemExit("hf_minitransformer is still importable: the block failed")
+"""
+
+
+def run_python(code: str, workdir, *args: str, block_package: bool = True):
+    """Run `code` with `python -c` in `workdir` (not the repo, so no checkout on sys.path); returns CompletedProcess.
+
+    Remote-code modules are cached inside `workdir`, never in the user's HF cache; the Hub stays offline.
+    """
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(workdir / "hf_modules"), TOKENIZERS_PARALLELISM="false")
+    source = (_BLOCK_PACKAGE if block_package else "") + code
+    return subprocess.run(
+        [sys.executable, "-c", source, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+    )

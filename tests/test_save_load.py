@@ -1,0 +1,268 @@
+"""save_pretrained / from_pretrained: files written, bit-identical round trips through every Auto class, loading
+options (dtype, device_map, attention backend), config checks on load, and remote code without the package."""
+
+import filecmp
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+import hf_minitransformer
+from hf_minitransformer.modeling_minitransformer import AUTO_CLASS_NAMES, sinusoidal_position_encoding
+
+from .conftest import make_config, run_python
+
+
+PACKAGE_DIR = Path(hf_minitransformer.__file__).parent
+CODE_FILES = ("configuration_minitransformer.py", "modeling_minitransformer.py")
+TIED = {"lm_head.weight": "model.embeddings.token_embeddings.weight"}
+
+
+def example_inputs() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(3, 99, (2, 7), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 5:] = 0  # right padding on the second row
+    return dict(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def model_output(model, inputs) -> torch.Tensor:
+    """What each head is for: hidden states of the bare model, logits of the others."""
+    with torch.no_grad():
+        out = model(**inputs)
+    return out.last_hidden_state if isinstance(model, hf_minitransformer.MiniTransformerModel) else out.logits
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> dict[str, tuple[Path, torch.nn.Module, torch.Tensor]]:
+    """Every head, freshly initialised and saved to its own folder: {auto class: (folder, model, output)}."""
+    inputs = example_inputs()
+    heads = {}
+    for auto_name, class_name in AUTO_CLASS_NAMES.items():
+        torch.manual_seed(0)
+        model = getattr(hf_minitransformer, class_name)(make_config(num_labels=3)).eval()
+        folder = tmp_path_factory.mktemp(class_name)
+        model.save_pretrained(folder)
+        heads[auto_name] = (folder, model, model_output(model, inputs))
+    return heads
+
+
+def assert_matches_checkpoint(state_dict: dict[str, torch.Tensor], folder: Path, prefix: str = ""):
+    """Every saved tensor under `prefix` is loaded bit for bit; a state-dict key absent from the file must be tied."""
+    checkpoint = load_file(folder / "model.safetensors")
+    saved_tensors = {key.removeprefix(prefix): value for key, value in checkpoint.items() if key.startswith(prefix)}
+    assert saved_tensors.keys() <= state_dict.keys()
+    for key, value in saved_tensors.items():
+        assert torch.equal(state_dict[key], value), key
+    for key in state_dict.keys() - saved_tensors.keys():
+        assert key in TIED, f"{key} is neither saved nor tied"
+        assert torch.equal(state_dict[key], state_dict[TIED[key]])
+
+
+@pytest.mark.parametrize("auto_name", AUTO_CLASS_NAMES)
+def test_save_pretrained_writes_weights_config_and_code(saved, auto_name):
+    folder, model, _ = saved[auto_name]
+    assert {"model.safetensors", "config.json", *CODE_FILES} <= {p.name for p in folder.iterdir()}
+    for name in CODE_FILES:
+        assert filecmp.cmp(folder / name, PACKAGE_DIR / name, shallow=False), f"{name} differs from the package"
+
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "minitransformer"
+    assert config["architectures"] == [type(model).__name__]
+    # Whichever head wrote the folder, auto_map names the config and all five heads, each defined in a copied file.
+    assert config["auto_map"].keys() == {"AutoConfig", *AUTO_CLASS_NAMES}
+    for reference in config["auto_map"].values():
+        module, class_name = reference.split(".")
+        assert f"class {class_name}(" in (folder / f"{module}.py").read_text()
+
+
+@pytest.mark.parametrize("auto_name", AUTO_CLASS_NAMES)
+def test_round_trip_through_auto_class_is_bit_identical(saved, auto_name):
+    folder, model, expected = saved[auto_name]
+    # No trust_remote_code: the registration done by `import hf_minitransformer` serves the folder.
+    loaded, info = getattr(transformers, auto_name).from_pretrained(folder, output_loading_info=True)
+    assert type(loaded) is type(model)
+    assert type(loaded).__module__ == "hf_minitransformer.modeling_minitransformer"
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert not loaded.training
+
+    loaded_state = loaded.state_dict()
+    assert loaded_state.keys() == model.state_dict().keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded_state[key], value), key
+    assert_matches_checkpoint(loaded_state, folder)
+    assert torch.equal(model_output(loaded, example_inputs()), expected)
+
+
+def test_auto_model_loads_the_body_of_any_head(saved):
+    folder, model, _ = saved["AutoModelForMaskedLM"]
+    body, info = transformers.AutoModel.from_pretrained(folder, output_loading_info=True)
+    assert type(body) is hf_minitransformer.MiniTransformerModel
+    assert not info["missing_keys"] and set(info["unexpected_keys"]) == {"lm_head.bias"}  # the head is dropped
+    for key, value in model.model.state_dict().items():
+        assert torch.equal(body.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sinusoidal_table_is_rebuilt_after_from_pretrained(saved, dtype):
+    # The table is a non-persistent buffer, absent from the checkpoint; `_init_weights` must recompute it.
+    folder, _, _ = saved["AutoModelForCausalLM"]
+    assert not any("position_encoding" in key for key in load_file(folder / "model.safetensors"))
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    table = loaded.model.embeddings.position_encoding
+    assert table.dtype == dtype
+    expected = sinusoidal_position_encoding(64, 32).to(dtype)
+    torch.testing.assert_close(table, expected, rtol=0, atol=0 if dtype == torch.float32 else 4e-3)
+
+
+def test_bfloat16_loading(saved):
+    folder, model, expected = saved["AutoModelForCausalLM"]
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+    assert loaded.dtype == torch.bfloat16
+    for name, param in loaded.named_parameters():
+        assert param.dtype == torch.bfloat16, name
+        assert torch.equal(param, model.get_parameter(name).to(torch.bfloat16)), name
+    logits = model_output(loaded, example_inputs())
+    assert logits.dtype == torch.bfloat16
+    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(logits.float(), expected, rtol=0.05, atol=0.05)
+
+
+def test_device_map_auto_loads_on_cpu(saved):
+    folder, _, expected = saved["AutoModelForMaskedLM"]
+    loaded = transformers.AutoModelForMaskedLM.from_pretrained(folder, device_map="auto")
+    assert all(p.device.type == "cpu" for p in loaded.parameters())
+    assert torch.equal(loaded.model.embeddings.position_encoding, sinusoidal_position_encoding(64, 32))
+    assert torch.equal(model_output(loaded, example_inputs()), expected)
+
+
+def test_device_map_auto_offloads_whole_layers(saved, tmp_path):
+    # A CPU budget smaller than the model makes accelerate place modules and offload the rest to disk; layers
+    # (`_no_split_modules`) stay whole, and the dispatched model computes the same logits.
+    folder, _, expected = saved["AutoModelForMaskedLM"]
+    loaded = transformers.AutoModelForMaskedLM.from_pretrained(
+        folder, device_map="auto", max_memory={"cpu": 50_000}, offload_folder=tmp_path / "offload"
+    )
+    devices = loaded.hf_device_map
+    assert "disk" in devices.values() and "cpu" in devices.values(), devices
+    assert not any(name.startswith("model.layers.") and name.count(".") > 2 for name in devices), devices
+    assert torch.equal(model_output(loaded, example_inputs()), expected)
+
+
+def test_attn_implementation_at_load_and_switched_after(saved):
+    folder, _, expected = saved["AutoModelForCausalLM"]
+    inputs = example_inputs()
+    outputs = {}
+    for implementation in ("eager", "sdpa"):
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation=implementation)
+        assert loaded.config._attn_implementation == implementation
+        assert all(layer.self_attn.config._attn_implementation == implementation for layer in loaded.model.layers)
+        outputs[implementation] = model_output(loaded, inputs)
+    # Only eager materialises attention weights, so `output_attentions` tells which backend actually ran.
+    loaded.set_attn_implementation("eager")
+    assert loaded.config._attn_implementation == "eager"
+    with torch.no_grad():
+        attentions = loaded(**inputs, output_attentions=True).attentions
+    assert len(attentions) == 2 and attentions[0].shape == (2, 4, 7, 7)
+    assert torch.equal(model_output(loaded, inputs), outputs["eager"])
+    loaded.set_attn_implementation("sdpa")
+    assert loaded.config._attn_implementation == "sdpa"
+    # Padded key positions differ in how they are masked, so compare the rows' real tokens only.
+    real = inputs["attention_mask"].bool()
+    for implementation in ("eager", "sdpa"):
+        torch.testing.assert_close(outputs[implementation][real], expected[real], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("hidden_act", "tanh", "hidden_act"),
+        ("hidden_size", 30, "divisible"),
+        ("position_embedding_type", "alibi", "position_embedding_type"),
+        ("hidden_dropout_prob", 1.5, "hidden_dropout_prob"),
+        ("num_hidden_layers", 0, "num_hidden_layers"),
+    ],
+)
+def test_bad_config_json_raises_value_error_on_load(saved, tmp_path, field, value, message):
+    folder = tmp_path / "bad"
+    shutil.copytree(saved["AutoModel"][0], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[field] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message):
+        transformers.AutoModel.from_pretrained(folder)
+    with pytest.raises(ValueError, match=message):
+        transformers.AutoConfig.from_pretrained(folder)
+
+
+def test_subprocess_block_hides_the_package(tmp_path):
+    # Control: the same interpreter, environment and directory import the package when it is not blocked ...
+    find = "import importlib.util; print(importlib.util.find_spec('hf_minitransformer').origin)"
+    visible = run_python(find, tmp_path, block_package=False)
+    assert visible.returncode == 0, visible.stderr
+    assert visible.stdout.strip() == str(PACKAGE_DIR / "__init__.py")
+    # ... and fail to when it is, so the remote-code tests below really run without it.
+    hidden = run_python("import hf_minitransformer", tmp_path)
+    assert hidden.returncode != 0
+    assert "ModuleNotFoundError" in hidden.stderr and "hf_minitransformer" in hidden.stderr
+
+
+REMOTE_CODE_ROUND_TRIP = """
+import json
+import torch
+import transformers
+
+folders, work = json.loads(sys.argv[1]), sys.argv[2]
+inputs = torch.load(f"{work}/inputs.pt")
+results = {}
+# Each head from its own folder, plus the bare model from the masked-LM folder (a body under a head's prefix).
+for key, (auto_name, folder) in {**{k: (k, f) for k, f in folders.items()},
+                                 "AutoModel<-MaskedLM": ("AutoModel", folders["AutoModelForMaskedLM"])}.items():
+    model, info = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=True,
+                                                                   output_loading_info=True)
+    with torch.no_grad():
+        out = model(**inputs)
+    results[key] = dict(
+        module=type(model).__module__,
+        config_module=type(model.config).__module__,
+        missing=sorted(info["missing_keys"]) + sorted(info["mismatched_keys"]),
+        unexpected=sorted(info["unexpected_keys"]),
+        state_dict=model.state_dict(),
+        output=out.last_hidden_state if auto_name == "AutoModel" else out.logits,
+    )
+results["loaded_packages"] = sorted(name for name, mod in sys.modules.items()
+                                    if name.startswith("hf_minitransformer") and mod is not None)
+torch.save(results, f"{work}/results.pt")
+"""
+
+
+def test_remote_code_round_trip_without_the_package(saved, tmp_path):
+    inputs = example_inputs()
+    torch.save(inputs, tmp_path / "inputs.pt")
+    folders = {auto_name: str(folder) for auto_name, (folder, _, _) in saved.items()}
+    result = run_python(REMOTE_CODE_ROUND_TRIP, tmp_path, json.dumps(folders), str(tmp_path))
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = torch.load(tmp_path / "results.pt")
+    assert results.pop("loaded_packages") == []
+
+    body_of_mlm = results.pop("AutoModel<-MaskedLM")
+    assert body_of_mlm["module"].startswith("transformers_modules.")
+    assert body_of_mlm["missing"] == [] and body_of_mlm["unexpected"] == ["lm_head.bias"]  # the head is dropped
+    assert_matches_checkpoint(body_of_mlm["state_dict"], saved["AutoModelForMaskedLM"][0], prefix="model.")
+
+    assert results.keys() == AUTO_CLASS_NAMES.keys()
+    for auto_name, loaded in results.items():
+        folder, model, expected = saved[auto_name]
+        # The classes came from the folder's copied files, not from an installed package.
+        assert loaded["module"].startswith("transformers_modules."), loaded["module"]
+        assert loaded["module"].endswith(".modeling_minitransformer")
+        assert loaded["config_module"].startswith("transformers_modules."), loaded["config_module"]
+        assert loaded["missing"] == loaded["unexpected"] == [], auto_name
+        assert_matches_checkpoint(loaded["state_dict"], folder)
+        assert loaded["state_dict"].keys() == model.state_dict().keys()
+        # Same weights, same CPU kernels: only a different thread split could move the last bits.
+        torch.testing.assert_close(loaded["output"], expected, rtol=1e-6, atol=1e-6)
