@@ -1,0 +1,610 @@
+#!/usr/bin/env python
+"""Train a MiniTransformer language model with accelerate: causal LM (default) or masked LM.
+
+The same script runs on one CPU, one GPU, 8 GPUs (DDP or FSDP) and several nodes; the launcher decides which. With no
+arguments it trains the `small` causal LM on the embedded corpus (the Python standard library's own source, no
+download) in about 7 minutes on 2 CPU cores, and writes a model folder that `AutoModelForCausalLM` loads.
+
+    # One CPU or one GPU (plain python works as well as `accelerate launch`)
+    python scripts/train.py --output_dir outputs/small-clm
+    accelerate launch --config_file configs/accelerate/single_gpu.yaml scripts/train.py --output_dir outputs/small-clm
+    # Masked LM on your own files (text, json, csv or parquet)
+    python scripts/train.py --task mlm --train_file train.txt --validation_file valid.txt --output_dir outputs/mlm
+    # 8 GPUs on one machine, DDP or FSDP (FSDP shards each MiniTransformerLayer)
+    accelerate launch --config_file configs/accelerate/ddp_8gpu.yaml scripts/train.py --model_config base ...
+    accelerate launch --config_file configs/accelerate/fsdp_8gpu.yaml scripts/train.py --model_config base ...
+    # 2 nodes x 8 GPUs: run on each node, with its rank (output_dir on a filesystem both nodes share)
+    accelerate launch --config_file configs/accelerate/multinode_2x8.yaml --machine_rank 0 \
+        --main_process_ip 10.0.0.1 scripts/train.py --model_config base --output_dir /shared/outputs/base
+    # Two processes on a CPU-only machine (ACCELERATE_USE_CPU is required, `--cpu --num_processes 2` starts one)
+    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \
+        --dynamo_backend no --main_process_port 0 scripts/train.py --output_dir outputs/ddp-cpu
+    # Resume the run in --output_dir exactly where its last checkpoint left it
+    python scripts/train.py --output_dir outputs/small-clm --resume_from_checkpoint latest
+
+Outputs in --output_dir: model (safetensors) + config + generation config + tokenizer, `training_summary.json`,
+`train_log.jsonl` (every logged metric), tensorboard events when tensorboard is installed, and `checkpoints/`.
+"""
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import datasets
+import torch
+import transformers
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.logging import get_logger
+from accelerate.tracking import GeneralTracker
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    DataCollatorForLanguageModeling,
+    PreTrainedTokenizerBase,
+    default_data_collator,
+    get_scheduler,
+)
+
+import hf_minitransformer  # noqa: F401  (registers MiniTransformer with the Auto classes)
+from hf_minitransformer import MiniTransformerConfig, MiniTransformerForCausalLM, MiniTransformerForMaskedLM
+from hf_minitransformer.data import DataArgs, load_raw_datasets, text_batches, tokenize_and_pack, train_bpe_tokenizer
+from hf_minitransformer.presets import PRESETS, config_from_preset
+
+
+logger = get_logger(__name__)
+
+TASKS = ("clm", "mlm")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+CHECKPOINTS_DIR = "checkpoints"
+TRAINER_STATE = "trainer_state.json"
+LOG_FILE = "train_log.jsonl"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    _add_model_args(parser.add_argument_group("model"))
+    _add_data_args(parser.add_argument_group("data and tokenizer"))
+    _add_optimization_args(parser.add_argument_group("optimization"))
+    _add_output_args(parser.add_argument_group("logging, checkpoints and output"))
+    return parser.parse_args(argv)
+
+
+def _add_model_args(group: argparse._ArgumentGroup):
+    group.add_argument("--task", choices=TASKS, default="clm",
+                       help="clm: causal (next-token) LM, MiniTransformerForCausalLM; mlm: masked LM, "
+                            "MiniTransformerForMaskedLM.")
+    group.add_argument("--model_config", default="small",
+                       help=f"A preset name ({', '.join(PRESETS)}) or the path of a config.json (from scratch).")
+    group.add_argument("--config_overrides", default=None,
+                       help="Comma-separated config fields to override, e.g. 'hidden_dropout_prob=0.0,"
+                            "num_hidden_layers=2'.")
+    group.add_argument("--init_from", default=None,
+                       help="A saved model folder to continue training from, instead of --model_config.")
+
+
+def _add_data_args(group: argparse._ArgumentGroup):
+    group.add_argument("--dataset_name", default=None, help="A dataset on the Hugging Face Hub (needs a connection).")
+    group.add_argument("--dataset_config_name", default=None, help="The configuration of --dataset_name.")
+    group.add_argument("--train_file", default=None,
+                       help="Training data: .txt/.text/.md, .json/.jsonl, .csv or .parquet.")
+    group.add_argument("--validation_file", default=None,
+                       help="Validation data, same format as --train_file. Without it, part of the data is held out.")
+    group.add_argument("--text_column", default="text", help="The column holding the text in json/csv/parquet data.")
+    group.add_argument("--validation_split_percentage", type=float, default=5.0,
+                       help="Percentage of the data held out for validation when there is no validation split.")
+    group.add_argument("--max_corpus_bytes", type=int, default=4_000_000,
+                       help="Size cap of the embedded corpus (used when no dataset or file is given).")
+    group.add_argument("--block_size", type=int, default=128, help="Tokens per training sequence (packed).")
+    group.add_argument("--preprocessing_num_workers", type=int, default=None,
+                       help="Processes for tokenizing (Dataset.map num_proc).")
+    group.add_argument("--tokenizer_name", default=None,
+                       help="A saved tokenizer folder (or Hub id). Default: train a byte-level BPE on the training "
+                            "data (or reuse the tokenizer of --init_from / of the resumed checkpoint).")
+    group.add_argument("--vocab_size", type=int, default=4096, help="Vocabulary size of the trained BPE tokenizer.")
+
+
+def _add_optimization_args(group: argparse._ArgumentGroup):
+    group.add_argument("--per_device_train_batch_size", type=int, default=16, help="Sequences per device per step.")
+    group.add_argument("--per_device_eval_batch_size", type=int, default=32, help="Sequences per device in eval.")
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                       help="Micro-batches accumulated into one optimizer step.")
+    group.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate of AdamW.")
+    group.add_argument("--weight_decay", type=float, default=0.1,
+                       help="AdamW weight decay, applied to matrices only (not biases or LayerNorm).")
+    group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0: no clipping).")
+    group.add_argument("--num_train_epochs", type=int, default=2, help="Passes over the training data.")
+    group.add_argument("--max_train_steps", type=int, default=None,
+                       help="Total optimizer steps; overrides --num_train_epochs when given.")
+    group.add_argument("--lr_scheduler_type", default="cosine",
+                       help="Any transformers scheduler name (linear, cosine, constant_with_warmup, ...).")
+    group.add_argument("--num_warmup_steps", type=int, default=50, help="Linear warmup steps of the scheduler.")
+    group.add_argument("--mlm_probability", type=float, default=0.15, help="Fraction of tokens masked (mlm task).")
+    group.add_argument("--mixed_precision", choices=MIXED_PRECISION, default=None,
+                       help="Override the launcher's mixed precision; bf16 works on CPU, fp16 needs a GPU.")
+    group.add_argument("--seed", type=int, default=42, help="Seed of weights, data order, masking and dropout.")
+
+
+def _add_output_args(group: argparse._ArgumentGroup):
+    group.add_argument("--output_dir", default="outputs/minitransformer", help="Where everything is written.")
+    group.add_argument("--logging_steps", type=int, default=10, help="Log training metrics every N steps.")
+    group.add_argument("--eval_steps", type=int, default=None,
+                       help="Evaluate every N steps (default: at the end only).")
+    group.add_argument("--checkpointing_steps", type=int, default=None,
+                       help="Save a resumable checkpoint every N optimizer steps (default: none).")
+    group.add_argument("--checkpoints_total_limit", type=int, default=2, help="Keep only the last K checkpoints.")
+    group.add_argument("--resume_from_checkpoint", default=None,
+                       help="A checkpoint folder, or 'latest' for the newest one in --output_dir/checkpoints.")
+    group.add_argument("--report_to", default="auto",
+                       help="Accelerate tracker(s) besides the JSON-lines log: 'auto' (tensorboard if installed), "
+                            "'none', or names such as 'tensorboard,wandb'.")
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Where training stands; saved beside each accelerate checkpoint, so a resumed run continues exactly."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of `epoch` already consumed, per process
+    tokens_seen: int = 0  # over all processes (padding of the last uneven batch included)
+    train_seconds: float = 0.0  # wall time spent training, summed over resumes
+
+
+class JsonlTracker(GeneralTracker):
+    """An accelerate tracker that appends each `accelerator.log` call to a JSON-lines file: always there to read."""
+
+    name = "jsonl"
+    requires_logging_directory = False
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    @property
+    def tracker(self) -> Path:
+        return self.path
+
+    def store_init_configuration(self, values: dict):
+        self._write({"config": values})
+
+    def log(self, values: dict, step: int | None = None, **kwargs):
+        self._write({"step": step, **values, "time": time.time()})
+
+    def _write(self, record: dict):
+        with self.path.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+
+
+def main(argv: list[str] | None = None) -> torch.nn.Module:
+    """Train, evaluate and save; returns the trained (unwrapped) model for in-process callers such as tests."""
+    start = time.time()
+    args = parse_args(argv)
+    base_config, resume_path = check_args(args)
+    accelerator = build_accelerator(args)
+    data_args = DataArgs(args.dataset_name, args.dataset_config_name, args.train_file, args.validation_file,
+                         args.text_column, args.validation_split_percentage, args.max_corpus_bytes)
+    # The main process downloads, trains the tokenizer and fills the datasets cache; the others then reuse them.
+    with accelerator.main_process_first():
+        raw, documents = load_raw_datasets(data_args)
+        tokenizer = load_or_train_tokenizer(args, accelerator, raw, resume_path)
+        config = fit_config_to_tokenizer(args, base_config, tokenizer)
+        packed = tokenize_and_pack(raw, tokenizer, args.text_column, args.block_size, documents,
+                                   add_labels=args.task == "clm", num_proc=args.preprocessing_num_workers)
+    train_dataloader, eval_dataloader, eval_collator = build_dataloaders(args, packed, tokenizer)
+
+    set_seed(args.seed)  # before the model is built, so the seed also fixes the initial weights
+    model = build_model(args, config)
+    optimizer = build_optimizer(model, args)
+    # Before `prepare` the per-process length is an estimate; it is recomputed from the sharded loader below.
+    steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    total_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    # The prepared scheduler steps once per process on each optimizer step, hence the scaling.
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
+                              num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
+                              num_training_steps=total_steps * accelerator.num_processes)
+    model, optimizer, train_dataloader, eval_dataloader, scheduler = accelerator.prepare(
+        model, optimizer, train_dataloader, eval_dataloader, scheduler
+    )
+    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    total_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+
+    state = load_checkpoint(accelerator, resume_path, len(train_dataloader)) if resume_path else TrainState()
+    init_trackers(accelerator, args, state)
+    logger.info(f"{count_parameters(model):,} parameters; {len(packed['train'])} training blocks of "
+                f"{args.block_size} tokens; {total_steps} optimizer steps over {num_epochs} epoch(s) on "
+                f"{accelerator.num_processes} process(es); starting at step {state.step}.")
+    loop = TrainLoop(accelerator, args, model, optimizer, scheduler, train_dataloader, eval_dataloader,
+                     eval_collator, tokenizer, total_steps)
+    loop.run(state, num_epochs)
+    metrics = evaluate(accelerator, model, eval_dataloader, eval_collator)
+    accelerator.log({f"eval_{k}": v for k, v in metrics.items()}, step=state.step)
+    save_model(accelerator, model, tokenizer, args.output_dir)
+    if accelerator.is_main_process:
+        summary = build_summary(args, accelerator, config, data_args, packed, state, metrics,
+                                count_parameters(model), time.time() - start)
+        (Path(args.output_dir) / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        logger.info(f"Final eval loss {metrics['loss']:.4f}, perplexity {metrics['perplexity']:.2f} "
+                    f"(unigram baseline {summary['baselines']['unigram_perplexity']:.2f}); saved to {args.output_dir}")
+    accelerator.end_training()
+    return accelerator.unwrap_model(model)
+
+
+def check_args(args: argparse.Namespace) -> tuple[MiniTransformerConfig, Path | None]:
+    """Every check that needs no data, before any work: returns the model config and the checkpoint to resume."""
+    DataArgs(args.dataset_name, args.dataset_config_name, args.train_file, args.validation_file, args.text_column,
+             args.validation_split_percentage, args.max_corpus_bytes).check()
+    for name in ("block_size", "per_device_train_batch_size", "per_device_eval_batch_size",
+                 "gradient_accumulation_steps", "num_train_epochs", "logging_steps", "checkpoints_total_limit"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}.")
+    for name in ("max_train_steps", "eval_steps", "checkpointing_steps"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise ValueError(f"--{name} must be positive when given, got {getattr(args, name)}.")
+    config = load_base_config(args)
+    if config.position_embedding_type != "rotary" and args.block_size > config.max_position_embeddings:
+        raise ValueError(f"--block_size {args.block_size} exceeds the model's max_position_embeddings "
+                         f"{config.max_position_embeddings}; use --block_size <= {config.max_position_embeddings}.")
+    resume_path = None
+    if args.resume_from_checkpoint:
+        resume_path = find_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    return config, resume_path
+
+
+def load_base_config(args: argparse.Namespace) -> MiniTransformerConfig:
+    """The config from --init_from, a config.json path, or a preset name, with --config_overrides applied."""
+    if args.init_from:
+        if not (Path(args.init_from) / "config.json").is_file():
+            raise ValueError(f"--init_from {args.init_from!r} is not a saved model folder (no config.json).")
+        config = AutoConfig.from_pretrained(args.init_from)
+    elif Path(args.model_config).is_file():
+        config = MiniTransformerConfig.from_json_file(args.model_config)
+    elif args.model_config.endswith(".json"):
+        raise ValueError(f"--model_config {args.model_config!r} does not exist.")
+    else:
+        config = config_from_preset(args.model_config)  # raises ValueError naming the presets
+    if args.config_overrides:
+        config.update_from_string(args.config_overrides)
+    config.is_decoder = args.task == "clm"
+    return config
+
+
+def find_checkpoint(value: str, output_dir: str) -> Path:
+    """Resolve --resume_from_checkpoint: 'latest' is the highest-numbered checkpoint-N under output_dir."""
+    if value == "latest":
+        root = Path(output_dir) / CHECKPOINTS_DIR
+        found = sorted(root.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1])) if root.is_dir() else []
+        found = [path for path in found if (path / TRAINER_STATE).is_file()]
+        if not found:
+            raise ValueError(f"--resume_from_checkpoint latest: there is no checkpoint in {root}.")
+        return found[-1]
+    path = Path(value)
+    if not (path / TRAINER_STATE).is_file():
+        raise ValueError(f"--resume_from_checkpoint {value!r} is not a checkpoint folder (no {TRAINER_STATE}); "
+                         f"pass a {CHECKPOINTS_DIR}/checkpoint-N folder or 'latest'.")
+    return path
+
+
+def build_accelerator(args: argparse.Namespace) -> Accelerator:
+    # A seedable sampler and a fixed data seed make the data order a function of (seed, epoch), so that a resumed
+    # run sees the same batches; see ../shared/DISTRIBUTED.md.
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=tracker_names(args.report_to) + [JsonlTracker(Path(args.output_dir) / LOG_FILE)],
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != launched:
+        raise RuntimeError(
+            f"The launcher started {launched} processes but accelerate sees {accelerator.num_processes}: each "
+            "process would train alone on all the data. On a machine without GPUs, set ACCELERATE_USE_CPU=true "
+            "(see the launch commands at the top of scripts/train.py)."
+        )
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise ValueError("--mixed_precision fp16 needs a GPU (on CPU it is silently ignored); use bf16 or no.")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one INFO line per file of every checkpoint
+    logger.info(accelerator.state, main_process_only=False)
+    if not accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+    accelerator.wait_for_everyone()
+    return accelerator
+
+
+def tracker_names(report_to: str) -> list[str]:
+    if report_to == "auto":
+        return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    return [] if report_to == "none" else [name.strip() for name in report_to.split(",") if name.strip()]
+
+
+def load_or_train_tokenizer(args: argparse.Namespace, accelerator: Accelerator, raw: datasets.DatasetDict,
+                            resume_path: Path | None) -> PreTrainedTokenizerBase:
+    """--tokenizer_name, else the tokenizer of the resumed checkpoint or of --init_from, else a new byte-level BPE.
+
+    A new tokenizer is trained once, by the main process, and saved to --output_dir; every process then loads the
+    saved files, so all ranks (and the `datasets` cache fingerprints) see the same tokenizer.
+    """
+    source = args.tokenizer_name
+    for candidate in (resume_path, args.init_from):
+        if source is None and candidate is not None and (Path(candidate) / "tokenizer_config.json").is_file():
+            source = str(candidate)
+    if source is None:
+        source = args.output_dir
+        if accelerator.is_main_process:
+            tokenizer = train_bpe_tokenizer(text_batches(raw["train"], args.text_column), args.vocab_size,
+                                            with_mask_token=args.task == "mlm")
+            tokenizer.save_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if args.task == "mlm" and tokenizer.mask_token is None:
+        raise ValueError(f"The tokenizer from {source!r} has no mask token, which --task mlm needs.")
+    return tokenizer
+
+
+def fit_config_to_tokenizer(args: argparse.Namespace, config: MiniTransformerConfig,
+                            tokenizer: PreTrainedTokenizerBase) -> MiniTransformerConfig:
+    """A preset takes the tokenizer's vocabulary and special ids; a fixed config must already fit the tokenizer."""
+    if args.init_from is None and not Path(args.model_config).is_file():
+        config.vocab_size = len(tokenizer)
+        config.pad_token_id, config.bos_token_id = tokenizer.pad_token_id, tokenizer.bos_token_id
+        config.eos_token_id = tokenizer.eos_token_id
+    elif len(tokenizer) > config.vocab_size:
+        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+                         f"{config.vocab_size}; use a tokenizer with at most {config.vocab_size} tokens.")
+    return config
+
+
+def build_dataloaders(args: argparse.Namespace, packed: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase
+                      ) -> tuple[DataLoader, DataLoader, DataCollatorForLanguageModeling | None]:
+    """Shuffled training blocks and in-order validation blocks; masked-LM batches are masked by the collator."""
+    if args.task == "mlm":
+        # Training masks draw from the global torch RNG, which `save_state` checkpoints; evaluation has its own
+        # seeded generator, reset before each evaluation so every evaluation scores the same masks.
+        train_collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=args.mlm_probability)
+        eval_collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=args.mlm_probability,
+                                                        seed=args.seed)
+    else:
+        train_collator, eval_collator = default_data_collator, None
+    train_dataloader = DataLoader(
+        packed["train"].with_format("torch"), shuffle=True, batch_size=args.per_device_train_batch_size,
+        collate_fn=train_collator, generator=torch.Generator().manual_seed(args.seed),
+    )
+    eval_dataloader = DataLoader(packed["validation"].with_format("torch"), batch_size=args.per_device_eval_batch_size,
+                                 collate_fn=eval_collator or default_data_collator)
+    return train_dataloader, eval_dataloader, eval_collator
+
+
+def build_model(args: argparse.Namespace, config: MiniTransformerConfig) -> torch.nn.Module:
+    auto_class = AutoModelForCausalLM if args.task == "clm" else AutoModelForMaskedLM
+    if args.init_from:
+        return auto_class.from_pretrained(args.init_from, config=config)
+    model_class = MiniTransformerForCausalLM if args.task == "clm" else MiniTransformerForMaskedLM
+    return model_class(config)
+
+
+def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    # Decay matrices (projections, embeddings) but not biases or LayerNorm gains, as in GPT-2 and nanoGPT.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.95))
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    # Tied weights appear once in `parameters()`, so this is the number of distinct weights.
+    return sum(p.numel() for p in model.parameters())
+
+
+def init_trackers(accelerator: Accelerator, args: argparse.Namespace, state: TrainState):
+    """Start the trackers; on resume, drop log lines the killed run wrote after its last checkpoint."""
+    log_path = Path(args.output_dir) / LOG_FILE
+    if accelerator.is_main_process and log_path.is_file():
+        if state.step == 0:
+            log_path.unlink()
+        else:
+            records = [line for line in log_path.read_text().splitlines()
+                       if (json.loads(line).get("step") or 0) <= state.step]
+            log_path.write_text("".join(line + "\n" for line in records))
+    # Trackers such as tensorboard take scalars only.
+    hparams = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in vars(args).items()}
+    accelerator.init_trackers("train", config=hparams)
+
+
+class TrainLoop:
+    """The optimization loop: accumulate, clip, step, log, evaluate and checkpoint."""
+
+    def __init__(self, accelerator: Accelerator, args: argparse.Namespace, model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, scheduler, train_dataloader: DataLoader,
+                 eval_dataloader: DataLoader, eval_collator, tokenizer: PreTrainedTokenizerBase, total_steps: int):
+        self.accelerator, self.args, self.model = accelerator, args, model
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.train_dataloader, self.eval_dataloader = train_dataloader, eval_dataloader
+        self.eval_collator = eval_collator
+        self.tokenizer, self.total_steps = tokenizer, total_steps
+
+    def run(self, state: TrainState, num_epochs: int):
+        accelerator, started = self.accelerator, time.time()
+        progress = tqdm(total=self.total_steps, initial=state.step, desc="Training", dynamic_ncols=True,
+                        disable=not accelerator.is_local_main_process)
+        window = {"loss": torch.zeros((), device=accelerator.device), "batches": 0, "tokens": 0, "since": time.time()}
+        train_seconds_before = state.train_seconds
+        while state.step < self.total_steps and state.epoch < num_epochs:
+            self.model.train()
+            self.train_dataloader.set_epoch(state.epoch)  # reshuffles: the order is a function of (seed, epoch)
+            batches = self.train_dataloader
+            if state.batches_in_epoch:  # resuming mid-epoch
+                batches = accelerator.skip_first_batches(self.train_dataloader, state.batches_in_epoch)
+            for batch in batches:
+                grad_norm, loss = self.training_step(batch)
+                tokens = batch["input_ids"].numel() * accelerator.num_processes
+                state.batches_in_epoch += 1
+                state.tokens_seen += tokens
+                window["loss"] += loss
+                window["batches"] += 1
+                window["tokens"] += tokens
+                if not accelerator.sync_gradients:
+                    continue
+                state.step += 1
+                state.train_seconds = train_seconds_before + time.time() - started
+                progress.update(1)
+                self.after_optimizer_step(state, grad_norm, window, progress)
+                if state.step >= self.total_steps:
+                    break
+            else:
+                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+        progress.close()
+
+    def training_step(self, batch: dict) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """One micro-batch; returns (grad norm if the optimizer stepped, detached loss)."""
+        grad_norm = None
+        with self.accelerator.accumulate(self.model):
+            loss = self.model(**batch).loss
+            self.accelerator.backward(loss)
+            if self.accelerator.sync_gradients and self.args.max_grad_norm > 0:
+                grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+        return grad_norm, loss.detach().float()
+
+    def after_optimizer_step(self, state: TrainState, grad_norm: torch.Tensor | None, window: dict, progress: tqdm):
+        args, accelerator = self.args, self.accelerator
+        if state.step % args.logging_steps == 0 or state.step == self.total_steps:
+            # The mean over processes is a collective: every rank reaches it on the same step.
+            loss = accelerator.reduce(window["loss"], reduction="mean").item() / window["batches"]
+            metrics = {"loss": loss, "lr": self.scheduler.get_last_lr()[0], "epoch": state.epoch,
+                       "tokens_per_s": window["tokens"] / (time.time() - window["since"]),
+                       "tokens_seen": state.tokens_seen}
+            if grad_norm is not None:
+                metrics["grad_norm"] = grad_norm.item()
+            accelerator.log(metrics, step=state.step)
+            progress.set_postfix(loss=f"{loss:.3f}", lr=f"{metrics['lr']:.2e}")
+            window.update(loss=torch.zeros_like(window["loss"]), batches=0, tokens=0, since=time.time())
+        if args.eval_steps and state.step % args.eval_steps == 0 and state.step < self.total_steps:
+            metrics = evaluate(accelerator, self.model, self.eval_dataloader, self.eval_collator)
+            accelerator.log({f"eval_{k}": v for k, v in metrics.items()}, step=state.step)
+            progress.write(f"step {state.step}: eval loss {metrics['loss']:.4f}, "
+                           f"perplexity {metrics['perplexity']:.2f}")
+        # Evaluation comes first, so that a checkpoint holds the RNG state from after it.
+        if args.checkpointing_steps and state.step % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, args, state, self.tokenizer)
+
+
+def evaluate(accelerator: Accelerator, model: torch.nn.Module, eval_dataloader: DataLoader,
+             eval_collator: DataCollatorForLanguageModeling | None) -> dict[str, float]:
+    """Mean loss over the validation blocks (each counted once across processes) and its exponential."""
+    model.eval()
+    if eval_collator is not None:
+        eval_collator.create_rng("pt")  # the same masks at every evaluation
+    losses = []
+    for batch in eval_dataloader:
+        with torch.no_grad():
+            loss = model(**batch).loss.detach().float()
+        # gather_for_metrics drops the samples repeated to even out the last batch across processes.
+        losses.append(accelerator.gather_for_metrics(loss.repeat(batch["input_ids"].shape[0])))
+    model.train()
+    eval_loss = torch.cat(losses).mean().item()
+    return {"loss": eval_loss, "perplexity": math.exp(eval_loss) if eval_loss < 100 else float("inf")}
+
+
+def save_checkpoint(accelerator: Accelerator, args: argparse.Namespace, state: TrainState,
+                    tokenizer: PreTrainedTokenizerBase):
+    """`save_state` into a temporary folder renamed when complete: a checkpoint-N folder is never half-written."""
+    root = Path(args.output_dir) / CHECKPOINTS_DIR
+    final, partial = root / f"checkpoint-{state.step}", root / f"tmp-checkpoint-{state.step}"
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)  # left by a run killed while saving
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))  # model, optimizer, scheduler, sampler, every rank's RNG states
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(partial)
+        (partial / TRAINER_STATE).write_text(json.dumps(dataclasses.asdict(state), indent=2))
+    accelerator.wait_for_everyone()  # save_state has no barrier of its own: all ranks must have written
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        done = sorted((p for p in root.glob("checkpoint-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+        for old in done[: -args.checkpoints_total_limit]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path, batches_per_epoch: int) -> TrainState:
+    accelerator.load_state(str(path))
+    state = TrainState(**json.loads((path / TRAINER_STATE).read_text()))
+    if state.batches_in_epoch >= batches_per_epoch:  # the checkpoint closed its epoch
+        state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+    logger.info(f"Resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.batches_in_epoch}).")
+    return state
+
+
+def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, output_dir: str):
+    """Safetensors weights, config (with auto_map and code), generation config and tokenizer."""
+    accelerator.wait_for_everyone()
+    # Under FSDP this gathers the full state dict; every rank takes part.
+    state_dict = accelerator.get_state_dict(model)
+    unwrapped = accelerator.unwrap_model(model)
+    if unwrapped.can_generate():
+        generation_config = unwrapped.generation_config
+        generation_config.pad_token_id = tokenizer.pad_token_id
+        generation_config.bos_token_id = tokenizer.bos_token_id
+        generation_config.eos_token_id = tokenizer.eos_token_id
+    unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process,
+                              save_function=accelerator.save, state_dict=state_dict)
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(output_dir)
+    accelerator.wait_for_everyone()
+
+
+def unigram_perplexity(packed: datasets.DatasetDict, vocab_size: int) -> float:
+    """Perplexity on the validation blocks of the context-free baseline: training-set token frequencies (add-one)."""
+    counts = torch.ones(vocab_size, dtype=torch.float64)
+    for block in packed["train"].with_format("torch").iter(batch_size=4096):
+        counts += torch.bincount(block["input_ids"].flatten(), minlength=vocab_size).double()
+    log_probs = (counts / counts.sum()).log()
+    validation = packed["validation"].with_format("torch")[:]["input_ids"].flatten()
+    return math.exp(-log_probs[validation].mean().item())
+
+
+def build_summary(args: argparse.Namespace, accelerator: Accelerator, config: MiniTransformerConfig,
+                  data_args: DataArgs, packed: datasets.DatasetDict, state: TrainState, metrics: dict,
+                  num_parameters: int, wall_seconds: float) -> dict:
+    return {
+        "task": args.task,
+        "final_eval": metrics,
+        "baselines": {"unigram_perplexity": unigram_perplexity(packed, config.vocab_size),
+                      "uniform_perplexity": float(config.vocab_size)},
+        "optimizer_steps": state.step,
+        "tokens_seen": state.tokens_seen,
+        "train_wall_seconds": state.train_seconds,
+        "total_wall_seconds_last_run": wall_seconds,
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "num_parameters": num_parameters,
+        "data": {**data_args.describe(), "block_size": args.block_size, "train_blocks": len(packed["train"]),
+                 "validation_blocks": len(packed["validation"]),
+                 "validation_tokens": len(packed["validation"]) * args.block_size},
+        "config": config.to_dict(),
+        "args": vars(args),
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""scripts/train.py and scripts/show_model.py: a CPU smoke run, overfitting one batch, and the input errors.
+
+The smoke runs launch real subprocesses (marked slow); the rest calls `train.main(argv)` in this process on a tiny
+config (hidden 32, 2 layers) and a small slice of the embedded corpus.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+import hf_minitransformer  # noqa: F401  (Auto class registration)
+from hf_minitransformer.data import train_bpe_tokenizer
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model_config", "tiny", "--config_overrides",
+        "hidden_size=32,intermediate_size=64,num_attention_heads=2,hidden_dropout_prob=0.0",
+        "--vocab_size", "300", "--block_size", "32", "--max_corpus_bytes", "60000", "--report_to", "none"]
+SENTENCE = "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat by the door.\n"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train = load_script("train")
+
+
+@pytest.fixture(autouse=True)
+def offline_isolated(tmp_path, monkeypatch):
+    """No Hub, a private datasets cache, and a fresh accelerate state for every in-process run."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets_cache"))
+    # One thread: on a small shared machine, several busy-waiting threads per process slow tiny models 10x.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def subprocess_env(tmp_path: Path) -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "datasets_cache"),
+            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+
+def run_script(tmp_path: Path, script: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], env=subprocess_env(tmp_path),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_causal_smoke_run_saves_a_model_that_loads_back(tmp_path):
+    out = tmp_path / "run"
+    run_script(tmp_path, "train.py", *TINY, "--max_train_steps", "6", "--per_device_train_batch_size", "4",
+               "--logging_steps", "2", "--output_dir", str(out))
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "train_log.jsonl",
+                 "modeling_minitransformer.py"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["optimizer_steps"] == 6
+    assert summary["tokens_seen"] == 6 * 4 * 32
+    assert math.isfinite(summary["final_eval"]["perplexity"])
+    assert summary["final_eval"]["perplexity"] == pytest.approx(math.exp(summary["final_eval"]["loss"]))
+    assert summary["data"]["source"].startswith("python-stdlib-source")
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_records] == [2, 4, 6]
+    assert all({"lr", "tokens_per_s", "grad_norm"} <= r.keys() for r in train_records)
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert type(model).__name__ == "MiniTransformerForCausalLM"
+    assert len(tokenizer) == model.config.vocab_size == 300
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+
+    # A fresh process rebuilds the validation split and must find the perplexity recorded by training.
+    shown = run_script(tmp_path, "show_model.py", str(out), "--max_new_tokens", "5")
+    assert f"perplexity {summary['final_eval']['perplexity']:.2f} (recorded" in shown
+    assert "Sample (prompt 'def '):" in shown
+
+
+@pytest.mark.slow
+def test_masked_lm_smoke_run(tmp_path):
+    out = tmp_path / "mlm"
+    run_script(tmp_path, "train.py", *TINY, "--task", "mlm", "--max_train_steps", "3",
+               "--per_device_train_batch_size", "4", "--output_dir", str(out))
+    model = AutoModelForMaskedLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert type(model).__name__ == "MiniTransformerForMaskedLM"
+    assert not model.config.is_decoder
+    assert tokenizer.mask_token == "<mask>"
+    assert math.isfinite(json.loads((out / "training_summary.json").read_text())["final_eval"]["loss"])
+
+
+def test_overfits_one_batch(tmp_path):
+    """One block, seen over and over: the loop (accumulate, clip, schedule) must drive its loss to about zero."""
+    data = tmp_path / "one_block.txt"
+    data.write_text(SENTENCE)
+    argv = [*TINY, "--train_file", str(data), "--validation_file", str(data), "--block_size", "32",
+            "--max_train_steps", "100", "--learning_rate", "1e-2", "--num_warmup_steps", "5",
+            "--gradient_accumulation_steps", "2", "--output_dir", str(tmp_path / "run")]
+    model = train.main(argv)
+    summary = json.loads((tmp_path / "run" / "training_summary.json").read_text())
+    assert summary["data"]["train_blocks"] == 1
+    assert summary["final_eval"]["loss"] < 0.1, summary["final_eval"]
+    assert summary["final_eval"]["perplexity"] < 1.11
+    assert isinstance(model, torch.nn.Module)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--train_file", "{tmp}/missing.txt"], "does not exist"),
+        (["--train_file", "{tmp}/empty.txt"], "is empty"),
+        (["--train_file", "{tmp}/data.xml"], "unknown type '.xml'"),
+        (["--train_file", "{tmp}/data.txt", "--validation_file", "{tmp}/data.csv"], "same format"),
+        (["--block_size", "300"], "exceeds the model's max_position_embeddings 256"),
+        (["--model_config", "huge"], "Unknown model preset 'huge'"),
+        (["--model_config", "{tmp}/missing.json"], "does not exist"),
+        (["--resume_from_checkpoint", "latest"], "there is no checkpoint in"),
+        (["--resume_from_checkpoint", "{tmp}"], "is not a checkpoint folder"),
+        (["--init_from", "{tmp}"], "is not a saved model folder"),
+        (["--max_train_steps", "0"], "--max_train_steps must be positive"),
+    ],
+)
+def test_bad_input_is_a_value_error_before_any_work(tmp_path, extra, message):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "data.xml").write_text("<text>hello</text>")
+    (tmp_path / "data.txt").write_text(SENTENCE)
+    (tmp_path / "data.csv").write_text("text\nhello\n")
+    argv = [*TINY, *[a.format(tmp=tmp_path) for a in extra], "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match=message):
+        train.main(argv)
+    assert not (tmp_path / "out").exists()  # refused before creating anything
+
+
+def test_tokenizer_larger_than_model_vocabulary_is_refused(tmp_path):
+    tokenizer = train_bpe_tokenizer(iter([[SENTENCE * 20]]), vocab_size=300, with_mask_token=False)
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    config = hf_minitransformer.MiniTransformerConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
+                                                      num_attention_heads=2, intermediate_size=64)
+    config.to_json_file(tmp_path / "config.json")
+    (tmp_path / "data.txt").write_text(SENTENCE * 20)
+    argv = ["--model_config", str(tmp_path / "config.json"), "--tokenizer_name", str(tmp_path / "tokenizer"),
+            "--train_file", str(tmp_path / "data.txt"), "--report_to", "none", "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match=rf"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is 100"):
+        train.main(argv)
+
+
+def test_masked_lm_needs_a_mask_token(tmp_path):
+    tokenizer = train_bpe_tokenizer(iter([[SENTENCE * 20]]), vocab_size=300, with_mask_token=False)
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    (tmp_path / "data.txt").write_text(SENTENCE * 20)
+    argv = [*TINY, "--task", "mlm", "--tokenizer_name", str(tmp_path / "tokenizer"), "--train_file",
+            str(tmp_path / "data.txt"), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match="has no mask token"):
+        train.main(argv)
+
+
+def test_fp16_on_cpu_is_refused(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is valid on a GPU")
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        train.main([*TINY, "--mixed_precision", "fp16", "--output_dir", str(tmp_path / "out")])
