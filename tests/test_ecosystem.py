@@ -306,3 +306,16 @@ def test_lora_trains_only_adapters_on_attention_projections():
             assert torch.equal(param, frozen[name]), name
     with torch.no_grad():
         torch.testing.assert_close(merged(**batch).logits, adapted, rtol=1e-4, atol=1e-5)
+
+
+def test_lora_causal_lm_generates_through_peft():
+    torch.manual_seed(0)
+    model = hf_minitransformer.MiniTransformerForCausalLM(ecosystem_config()).eval()
+    prompt = build_tokenizer(append_eos=False)(["the cat", "a dog"], return_tensors="pt")
+    expected = model.generate(**prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    lora_config = LoraConfig(r=4, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, lora_config).eval()
+    # lora_B starts at zero, so the adapted model must generate exactly what the base model does, cache included.
+    generated = peft_model.generate(**prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert generated.shape == (2, prompt.input_ids.shape[1] + 5)
+    assert torch.equal(generated, expected)

@@ -234,6 +234,9 @@ for key, (auto_name, folder) in {**{k: (k, f) for k, f in folders.items()},
         state_dict=model.state_dict(),
         output=out.last_hidden_state if auto_name == "AutoModel" else out.logits,
     )
+    if key == "AutoModelForCausalLM":
+        # Fine-tune-and-share workflow: a model that came from remote code saves a folder that is remote code again.
+        model.save_pretrained(f"{work}/resaved")
 results["loaded_packages"] = sorted(name for name, mod in sys.modules.items()
                                     if name.startswith("hf_minitransformer") and mod is not None)
 torch.save(results, f"{work}/results.pt")
@@ -266,3 +269,10 @@ def test_remote_code_round_trip_without_the_package(saved, tmp_path):
         assert loaded["state_dict"].keys() == model.state_dict().keys()
         # Same weights, same CPU kernels: only a different thread split could move the last bits.
         torch.testing.assert_close(loaded["output"], expected, rtol=1e-6, atol=1e-6)
+
+    resaved, original = tmp_path / "resaved", saved["AutoModelForCausalLM"][0]
+    assert json.loads((resaved / "config.json").read_text())["auto_map"].keys() == {"AutoConfig", *AUTO_CLASS_NAMES}
+    for name in CODE_FILES:
+        assert filecmp.cmp(resaved / name, PACKAGE_DIR / name, shallow=False), name
+    assert_matches_checkpoint(results["AutoModelForCausalLM"]["state_dict"], resaved)
+    assert load_file(resaved / "model.safetensors").keys() == load_file(original / "model.safetensors").keys()
