@@ -9,6 +9,7 @@ POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned", "rotary")
 LAYER_NORM_POSITIONS = ("post", "pre")
 HIDDEN_ACTS = ("relu", "gelu", "gelu_new", "silu")
 CLASSIFIER_POOLINGS = ("mean", "first", "last")
+LOGITS_WITH_LOSS = ("all", "labelled", "none")
 
 
 @strict(accept_kwargs=True)
@@ -68,6 +69,11 @@ class MiniTransformerConfig(PreTrainedConfig):
     bos_token_id: int | None = 1
     eos_token_id: int | list[int] | None = 2
     tie_word_embeddings: bool = True  # paper §3.4: the output projection shares the embedding matrix
+    # What the language-model heads project when `labels` are given (without labels, always every position). Same loss
+    # and gradients either way: "all" (batch, seq, vocab) logits | "labelled": only the positions the loss scores,
+    # (labelled, vocab), as ModernBERT's `sparse_prediction` | "none": the loss is fused with the projection chunk by
+    # chunk and `logits` is None, so no (tokens, vocab) tensor is ever held.
+    logits_with_loss: str = "all"
 
     def __post_init__(self, **kwargs):
         # Checked here rather than in `validate_architecture`, which @strict wraps in a non-ValueError: users catch
@@ -99,6 +105,7 @@ class MiniTransformerConfig(PreTrainedConfig):
             ("position_embedding_type", POSITION_EMBEDDING_TYPES),
             ("layer_norm_position", LAYER_NORM_POSITIONS),
             ("classifier_pooling", CLASSIFIER_POOLINGS),
+            ("logits_with_loss", LOGITS_WITH_LOSS),
         ):
             value = getattr(self, name)
             if value not in allowed:

@@ -19,6 +19,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
+from transformers.loss.loss_utils import fixed_cross_entropy
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -429,6 +430,94 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
             raise ValueError(f"attention_mask has shape {shape}; expected {expected}.")
 
 
+# Logits held at once by the fused loss: 2**22 floats (16 MiB) per chunk, but at most 32 chunks so that big batches
+# on a GPU still run as a few large matmuls (and torch.compile unrolls a short loop).
+LOSS_CHUNK_ELEMENTS = 2**22
+LOSS_MAX_CHUNKS = 32
+
+
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(hidden_i W^T + b, label_i) over rows whose label is not `ignore_index`, one chunk of rows at a time.
+
+    Cross-entropy's gradient with respect to the logits is softmax - one_hot, which needs the chunk's logits: so the
+    forward pass computes the gradients of hidden, W and b chunk by chunk while it has them, and backward only scales
+    them. Same FLOPs as projection + loss + their backward, but (chunk, vocab) logits in memory instead of
+    (rows, vocab) logits, log-probabilities and their gradient (the approach of Liger's fused linear cross-entropy).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, ignore_index):
+        # hidden: (rows, hidden) | weight: (vocab, hidden) | bias: (vocab,) or None | labels: (rows,)
+        rows, vocab = hidden.shape[0], weight.shape[0]
+        chunk = max(LOSS_CHUNK_ELEMENTS // vocab, -(-rows // LOSS_MAX_CHUNKS), 1)
+        needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.empty_like(hidden) if needs_hidden else None
+        # Accumulated over chunks in float32 even for half-precision weights.
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_weight else None
+        grad_bias = torch.zeros(vocab, dtype=torch.float32, device=weight.device) if needs_bias else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, rows, chunk):
+            chunk_hidden, chunk_labels = hidden[start : start + chunk], labels[start : start + chunk]
+            logits = nn.functional.linear(chunk_hidden, weight, bias).float()  # (chunk, vocab)
+            scored = (chunk_labels != ignore_index).unsqueeze(1)  # (chunk, 1)
+            targets = torch.where(scored.squeeze(1), chunk_labels, 0).unsqueeze(1)  # (chunk, 1)
+            log_normalizer = torch.logsumexp(logits, dim=-1, keepdim=True)  # (chunk, 1)
+            total += ((log_normalizer - logits.gather(1, targets)) * scored).sum()
+            if not (needs_hidden or needs_weight or needs_bias):
+                continue
+            grad_logits = logits.sub_(log_normalizer).exp_()  # softmax, in place of the logits
+            grad_logits.scatter_add_(1, targets, torch.full_like(log_normalizer, -1.0)).mul_(scored)
+            grad_logits = grad_logits.to(weight.dtype)
+            if needs_hidden:
+                grad_hidden[start : start + chunk] = grad_logits @ weight
+            if needs_weight:
+                grad_weight += grad_logits.T @ chunk_hidden
+            if needs_bias:
+                grad_bias += grad_logits.sum(0)
+        ctx.weight_dtype = weight.dtype
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight = (grad_weight * grad_output).to(ctx.weight_dtype)
+        if grad_bias is not None:
+            grad_bias = (grad_bias * grad_output).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None
+
+
+def lm_loss_with_fewer_logits(
+    lm_head: nn.Linear,
+    hidden_states: torch.Tensor,
+    labels: torch.Tensor,
+    logits_with_loss: str,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    ignore_index: int = -100,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """`config.logits_with_loss` "labelled" or "none": (logits or None, loss), the loss of transformers' LM losses.
+
+    `labels` are already aligned with `hidden_states` (shifted, for a causal model). The loss is the mean over scored
+    positions, or their sum over `num_items_in_batch` when given (gradient accumulation), as `fixed_cross_entropy`.
+    """
+    if logits_with_loss == "labelled":
+        scored = labels != ignore_index
+        logits = lm_head(hidden_states[scored])  # (labelled, vocab)
+        return logits, fixed_cross_entropy(logits.float(), labels[scored], num_items_in_batch, ignore_index)
+    hidden_states = hidden_states.reshape(-1, hidden_states.shape[-1])  # (tokens, hidden)
+    labels = labels.reshape(-1).to(hidden_states.device)  # (tokens,)
+    total = ChunkedLinearCrossEntropy.apply(hidden_states, lm_head.weight, lm_head.bias, labels, ignore_index)
+    if num_items_in_batch is None:
+        return None, total / (labels != ignore_index).sum()
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return None, total / num_items_in_batch
+
+
 class MiniTransformerForMaskedLM(MiniTransformerPreTrainedModel):
     """Encoder with a tied projection onto the vocabulary, trained to fill in masked tokens."""
 
@@ -452,15 +541,25 @@ class MiniTransformerForMaskedLM(MiniTransformerPreTrainedModel):
     ) -> MaskedLMOutput:
         r"""
         labels: (batch, seq) target ids at masked positions, -100 elsewhere (ignored by the loss).
-        Returns `MaskedLMOutput` with `logits` (batch, seq, vocab).
+        Returns `MaskedLMOutput` with `logits` (batch, seq, vocab); with `labels`, `config.logits_with_loss` can ask
+        for (labelled, vocab) logits at the masked positions only, or for none.
         """
         outputs = self.model(
             input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
         )
-        logits = self.lm_head(outputs.last_hidden_state)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        hidden_states = outputs.last_hidden_state
+        if labels is None or self.config.logits_with_loss == "all":
+            logits = self.lm_head(hidden_states)
+            loss = None
+            if labels is not None:
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        else:
+            if self.config.logits_with_loss == "none":
+                # Only the ~15% masked positions reach the fused loss; the others would be computed to be ignored.
+                scored = labels != -100
+                hidden_states, labels = hidden_states[scored], labels[scored]  # (labelled, hidden), (labelled,)
+            mode, num_items = self.config.logits_with_loss, kwargs.get("num_items_in_batch")
+            logits, loss = lm_loss_with_fewer_logits(self.lm_head, hidden_states, labels, mode, num_items)
         return MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -498,7 +597,8 @@ class MiniTransformerForCausalLM(MiniTransformerPreTrainedModel, GenerationMixin
         labels: (batch, seq) the input ids themselves (-100 to ignore a position); the loss shifts them by one, so
             position t is scored on predicting token t + 1.
         logits_to_keep: compute logits only for the last `n` positions (0: all), or for the given indices.
-        Returns `CausalLMOutputWithPast` with `logits` (batch, kept positions, vocab) and the `cache`.
+        Returns `CausalLMOutputWithPast` with `logits` (batch, kept positions, vocab) and the `cache`; with `labels`,
+        `config.logits_with_loss` can ask for (labelled, vocab) logits at the scored positions only, or for none.
         """
         outputs = self.model(
             input_ids,
@@ -510,11 +610,19 @@ class MiniTransformerForCausalLM(MiniTransformerPreTrainedModel, GenerationMixin
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        logits = self.lm_head(hidden_states)
-        loss = None
-        if labels is not None:
-            # ForCausalLMLoss shifts the labels itself and ignores -100.
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        if labels is None or self.config.logits_with_loss == "all":
+            logits = self.lm_head(hidden_states)
+            loss = None
+            if labels is not None:
+                # ForCausalLMLoss shifts the labels itself and ignores -100.
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        else:
+            # Shifted as ForCausalLMLoss does: position t is scored on token t + 1, the last position on nothing.
+            shift_labels = kwargs.get("shift_labels")
+            if shift_labels is None:
+                shift_labels = nn.functional.pad(labels, (0, 1), value=-100)[..., 1:]
+            mode, num_items = self.config.logits_with_loss, kwargs.get("num_items_in_batch")
+            logits, loss = lm_loss_with_fewer_logits(self.lm_head, hidden_states, shift_labels, mode, num_items)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,

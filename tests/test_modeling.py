@@ -9,6 +9,7 @@ from hf_minitransformer import (
     MiniTransformerForTokenClassification,
     MiniTransformerModel,
 )
+from hf_minitransformer import modeling_minitransformer as modeling
 
 from .conftest import make_config
 
@@ -230,3 +231,83 @@ def test_exactly_one_of_ids_and_embeds():
     model = MiniTransformerModel(make_config())
     with pytest.raises(ValueError, match="exactly one of `input_ids` and `inputs_embeds`"):
         model()
+
+
+# `config.logits_with_loss`: fewer logits, the same loss and gradients.
+
+
+def _loss_grads_logits(head, mode, input_ids, labels, **overrides):
+    torch.manual_seed(0)
+    model = head(make_config(logits_with_loss=mode, **overrides))
+    out = model(input_ids, labels=labels)
+    out.loss.backward()
+    return out.loss.detach(), {name: param.grad for name, param in model.named_parameters()}, out.logits
+
+
+@pytest.mark.parametrize("head", [MiniTransformerForCausalLM, MiniTransformerForMaskedLM])
+@pytest.mark.parametrize("mode", ["labelled", "none"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_fewer_logits_give_the_same_loss_and_gradients(head, mode, tied, monkeypatch):
+    # Chunks of 3 rows (3 * vocab 99 logits), so the fused loss runs its loop several times.
+    monkeypatch.setattr(modeling, "LOSS_CHUNK_ELEMENTS", 3 * 99)
+    input_ids = batch(size=(3, 9))
+    labels = input_ids.clone()
+    labels[0, :4] = -100  # a padded prefix
+    if head is MiniTransformerForMaskedLM:
+        labels[torch.rand(3, 9) < 0.7] = -100
+    loss, grads, logits = _loss_grads_logits(head, "all", input_ids, labels, tie_word_embeddings=tied)
+    fewer_loss, fewer_grads, fewer_logits = _loss_grads_logits(head, mode, input_ids, labels, tie_word_embeddings=tied)
+    torch.testing.assert_close(fewer_loss, loss)
+    for name, grad in grads.items():
+        torch.testing.assert_close(fewer_grads[name], grad, msg=name)
+    if mode == "none":
+        assert fewer_logits is None
+    else:  # the logits of the positions the loss scores, in order
+        scored_labels = labels[:, 1:] if head is MiniTransformerForCausalLM else labels
+        scored_logits = logits[:, :-1] if head is MiniTransformerForCausalLM else logits
+        torch.testing.assert_close(fewer_logits, scored_logits[scored_labels != -100])
+
+
+@pytest.mark.parametrize("mode", ["labelled", "none"])
+def test_fewer_logits_honour_num_items_in_batch(mode):
+    input_ids = batch()
+    model = MiniTransformerForCausalLM(make_config(logits_with_loss=mode)).eval()
+    reference = MiniTransformerForCausalLM(make_config()).eval()
+    reference.load_state_dict(model.state_dict())
+    for num_items in (torch.tensor(20), 20):
+        expected = reference(input_ids, labels=input_ids, num_items_in_batch=num_items).loss
+        torch.testing.assert_close(model(input_ids, labels=input_ids, num_items_in_batch=num_items).loss, expected)
+
+
+def test_fused_loss_without_gradients_and_without_labels():
+    model = MiniTransformerForMaskedLM(make_config(logits_with_loss="none")).eval()
+    reference = MiniTransformerForMaskedLM(make_config()).eval()
+    reference.load_state_dict(model.state_dict())
+    input_ids = batch()
+    labels = torch.where(torch.rand(2, 7) < 0.5, input_ids, -100)
+    labels[0, 0] = input_ids[0, 0]
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids, labels=labels).loss, reference(input_ids, labels=labels).loss)
+        # Without labels every head returns every position's logits, whatever `logits_with_loss` says.
+        torch.testing.assert_close(model(input_ids).logits, reference(input_ids).logits)
+
+
+def test_fused_loss_under_bfloat16_autocast():
+    model = MiniTransformerForCausalLM(make_config(logits_with_loss="none"))
+    reference = MiniTransformerForCausalLM(make_config())
+    reference.load_state_dict(model.state_dict())
+    input_ids = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids, labels=input_ids).loss
+        expected = reference(input_ids, labels=input_ids).loss
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=2e-2, atol=2e-2)
+    for (name, param), ref in zip(model.named_parameters(), reference.parameters()):
+        assert param.grad.dtype == param.dtype
+        torch.testing.assert_close(param.grad, ref.grad, rtol=5e-2, atol=5e-3, msg=name)
+
+
+def test_logits_with_loss_must_be_known():
+    with pytest.raises(ValueError, match=r"`logits_with_loss` must be one of 'all', 'labelled', 'none', got 'some'"):
+        make_config(logits_with_loss="some")
