@@ -70,6 +70,7 @@ def run_python(code: str, workdir, *args: str, block_package: bool = True):
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(workdir / "hf_modules"), TOKENIZERS_PARALLELISM="false")
+    env["OMP_NUM_THREADS"] = "1"  # tiny models; a second thread only waits on busy CPUs
     source = (_BLOCK_PACKAGE if block_package else "") + code
     return subprocess.run(
         [sys.executable, "-c", source, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
