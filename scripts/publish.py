@@ -1,0 +1,241 @@
+#!/usr/bin/env python
+"""Turn a `scripts/train.py` output folder into a Hugging Face Hub model repository, check it, and upload it.
+
+    # Stage and validate only, then list the files (no token, no network)
+    python scripts/publish.py outputs/main_job --repo_id your-name/minitransformer-small --dry_run
+    # Upload (token from HF_TOKEN or `hf auth login`); --revision pushes to a branch, --create_pr opens a PR
+    python scripts/publish.py outputs/main_job --repo_id your-name/minitransformer-small --private
+
+Steps, each of which stops the publish with a message saying what is wrong:
+1. check the inputs: a training output folder (config, safetensors weights, tokenizer, training_summary.json), a valid
+   repo id, and a token for a real upload;
+2. stage into a new folder, written under a temporary name and renamed when complete: sharded safetensors weights,
+   config.json with `auto_map` for every head, the configuration and modeling code, tokenizer, generation config,
+   README.md rendered from the top-level model_card.md, and a PNG of the loss curves;
+3. validate in a fresh, offline subprocess in which `hf_minitransformer` cannot be imported: the config, every Auto
+   class and the tokenizer load with `trust_remote_code=True`, the weights and logits equal this process's, a
+   pipeline runs, and the card's metadata parses;
+4. upload with `huggingface_hub` (`create_repo` + `upload_folder`) and print the commit URL.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub.utils import validate_repo_id
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+import hf_minitransformer  # noqa: F401  (registers MiniTransformer with the Auto classes)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CARD_TEMPLATE = REPO_ROOT / "model_card.md"
+VALIDATE_SCRIPT = Path(__file__).resolve().parent / "validate_hub_folder.py"
+LOSS_PLOT = "loss_curves.png"
+# What each training task publishes as.
+TASKS = {
+    "clm": dict(auto_class=AutoModelForCausalLM, pipeline_tag="text-generation", objective="causal language model"),
+    "mlm": dict(auto_class=AutoModelForMaskedLM, pipeline_tag="fill-mask", objective="masked language model"),
+}
+
+
+class ValidationError(RuntimeError):
+    """The staged folder does not load or behave as it must; nothing was uploaded."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model_dir", help="The --output_dir of scripts/train.py.")
+    parser.add_argument("--repo_id", required=True, help="Hub repository, 'user-or-org/name'.")
+    parser.add_argument("--staging_dir", default=None,
+                        help="Where the repository folder is staged (default: MODEL_DIR-hub). Must not exist.")
+    parser.add_argument("--max_shard_size", default="2GB", help="Largest safetensors shard, e.g. '500MB', '2GB'.")
+    parser.add_argument("--license", default="apache-2.0", help="License identifier for the card's metadata.")
+    parser.add_argument("--private", action="store_true", help="Create the repository as private.")
+    parser.add_argument("--revision", default=None, help="Branch to upload to (created if missing); default main.")
+    parser.add_argument("--create_pr", action="store_true", help="Open a pull request instead of committing.")
+    parser.add_argument("--commit_message", default="Upload MiniTransformer", help="Commit message of the upload.")
+    parser.add_argument("--token", default=None, help="Hub token; default HF_TOKEN or the `hf auth login` token.")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="Stop after staging and validation and list the files with their sizes.")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None, api: HfApi | None = None) -> Path:
+    """Publish; returns the staged folder. `api` replaces the Hub client (tests use one that records calls)."""
+    args = parse_args(argv)
+    summary, token = check_inputs(args)
+    staged = stage(args, summary)
+    validate(staged, summary["task"])
+    if args.dry_run:
+        print(f"Dry run: {staged} is ready to upload to {args.repo_id}:")
+        for path in sorted(p for p in staged.rglob("*") if p.is_file()):
+            print(f"  {path.relative_to(staged)}  {path.stat().st_size:,} bytes")
+        return staged
+    upload(staged, args, api or HfApi(token=token))
+    return staged
+
+
+def check_inputs(args: argparse.Namespace) -> tuple[dict, str | None]:
+    """Every check that needs no work, before anything is written: returns the training summary and the token."""
+    model_dir = Path(args.model_dir)
+    if not model_dir.is_dir():
+        raise ValueError(f"{str(model_dir)!r} is not a folder; pass the --output_dir of scripts/train.py.")
+    has_weights = (model_dir / "model.safetensors").is_file() or (model_dir / "model.safetensors.index.json").is_file()
+    if not (model_dir / "config.json").is_file() or not has_weights:
+        raise ValueError(f"{str(model_dir)!r} is not a training output: it needs config.json and model.safetensors.")
+    if not any((model_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise ValueError(f"{str(model_dir)!r} has no tokenizer (tokenizer.json / tokenizer_config.json).")
+    summary_path = model_dir / "training_summary.json"
+    if not summary_path.is_file():
+        raise ValueError(f"{str(model_dir)!r} has no training_summary.json: the card's training section needs it.")
+    summary = json.loads(summary_path.read_text())
+    if summary.get("task") not in TASKS:
+        raise ValueError(f"training_summary.json has task {summary.get('task')!r}; publishable: {', '.join(TASKS)}.")
+    validate_repo_id(args.repo_id)  # HFValidationError, a ValueError, names the bad id
+    if "/" not in args.repo_id:
+        raise ValueError(f"--repo_id must be 'user-or-org/name', got {args.repo_id!r}.")
+    staging = Path(args.staging_dir or f"{model_dir}-hub")
+    if staging.exists():
+        raise ValueError(f"Staging folder {str(staging)!r} already exists; remove it or pass another --staging_dir.")
+    args.staging_dir = str(staging)
+    token = None
+    if not args.dry_run:
+        token = args.token or get_token()
+        if not token:
+            raise ValueError("No Hugging Face token for the upload: set HF_TOKEN, run `hf auth login`, or pass "
+                             "--token (or use --dry_run to stage and validate only).")
+    return summary, token
+
+
+def stage(args: argparse.Namespace, summary: dict) -> Path:
+    """Write the repository folder under a temporary name, then rename it: a crash leaves no half-written folder."""
+    final = Path(args.staging_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        task = TASKS[summary["task"]]
+        model = task["auto_class"].from_pretrained(args.model_dir)
+        model.save_pretrained(partial, max_shard_size=args.max_shard_size)  # weights, config + auto_map, code
+        AutoTokenizer.from_pretrained(args.model_dir).save_pretrained(partial)
+        has_plot = plot_losses(Path(args.model_dir) / "train_log.jsonl", partial / LOSS_PLOT)
+        card = render_card(args, summary, model, loss_plot=LOSS_PLOT if has_plot else None)
+        card.save(partial / "README.md")
+        partial.rename(final)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    print(f"Staged {final}")
+    return final
+
+
+def render_card(args: argparse.Namespace, summary: dict, model: torch.nn.Module, loss_plot: str | None) -> ModelCard:
+    """README.md from the model_card.md template: metadata from ModelCardData, body fields from config and summary."""
+    task = TASKS[summary["task"]]
+    name = args.repo_id.split("/")[-1]
+    result = EvalResult(task_type=task["pipeline_tag"], dataset_type="text", dataset_name=summary["data"]["source"],
+                        metric_type="perplexity", metric_name="Perplexity",
+                        metric_value=round(summary["final_eval"]["perplexity"], 4))
+    card_data = ModelCardData(license=args.license, library_name="transformers", pipeline_tag=task["pipeline_tag"],
+                              tags=["minitransformer", "transformer", "custom_code"], model_name=name,
+                              eval_results=[result])
+    config = model.config
+    architecture = {field: getattr(config, field) for field in (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+        "max_position_embeddings", "hidden_act", "position_embedding_type", "layer_norm_position", "is_decoder",
+        "tie_word_embeddings")}
+    train_args = summary.get("args") or {}
+    recipe = {}
+    if train_args:
+        recipe["optimizer"] = (
+            f"AdamW, peak learning rate {train_args.get('learning_rate')}, "
+            f"weight decay {train_args.get('weight_decay')}, {train_args.get('num_warmup_steps')} warmup steps, "
+            f"{train_args.get('lr_scheduler_type')} schedule, gradient clipping {train_args.get('max_grad_norm')}"
+        )
+        recipe["batch"] = (
+            f"{train_args.get('per_device_train_batch_size')} blocks per device x "
+            f"{train_args.get('gradient_accumulation_steps')} accumulation steps x {summary.get('num_processes')}"
+        )
+    return ModelCard.from_template(
+        card_data, template_path=str(CARD_TEMPLATE), model_name=name, repo_id=args.repo_id,
+        head=type(model).__name__, auto_class=task["auto_class"].__name__, num_parameters=model.num_parameters(),
+        architecture=architecture, summary=summary, objective=task["objective"], recipe=recipe, loss_plot=loss_plot,
+    )
+
+
+def plot_losses(log_path: Path, out_path: Path) -> bool:
+    """PNG of training and evaluation loss against optimizer steps from train_log.jsonl; False when nothing logged."""
+    if not log_path.is_file():
+        return False
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r and r.get("step") is not None]
+    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r and r.get("step") is not None]
+    if not train and not evals:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render straight to the file
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for points, label, style in ((train, "training loss", "-"), (evals, "evaluation loss", "o-")):
+        if points:
+            ax.plot(*zip(*points), style, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
+    return True
+
+
+def validate(staged: Path, task: str):
+    """Reload the staged folder as a stranger would, in a fresh offline process without this package."""
+    model = TASKS[task]["auto_class"].from_pretrained(staged).eval()
+    input_ids = torch.arange(min(12, model.config.max_position_embeddings)).unsqueeze(0) % model.config.vocab_size
+    with torch.no_grad():
+        logits = model(input_ids).logits
+    with tempfile.TemporaryDirectory() as workdir:
+        expected = Path(workdir) / "expected.pt"
+        torch.save({"input_ids": input_ids, "logits": logits}, expected)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(Path(workdir) / "modules"), TOKENIZERS_PARALLELISM="false")
+        result = subprocess.run(
+            [sys.executable, str(VALIDATE_SCRIPT), str(staged.resolve()), str(expected), task],
+            cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
+        )
+    if result.returncode != 0:
+        detail = (result.stdout + result.stderr).strip().splitlines()[-15:]
+        raise ValidationError(f"Validation of {staged} failed; nothing was uploaded:\n" + "\n".join(detail))
+    print(result.stdout.strip())
+
+
+def upload(staged: Path, args: argparse.Namespace, api: HfApi):
+    """create_repo + upload_folder; prints the commit (or pull request) URL."""
+    repo_url = api.create_repo(args.repo_id, private=args.private, exist_ok=True, repo_type="model")
+    print(f"Repository {repo_url}")
+    if args.revision and args.revision != "main":
+        api.create_branch(args.repo_id, branch=args.revision, exist_ok=True, repo_type="model")
+    commit = api.upload_folder(repo_id=args.repo_id, folder_path=staged, repo_type="model", revision=args.revision,
+                               create_pr=args.create_pr, commit_message=args.commit_message)
+    print(f"Uploaded: {commit.pr_url if args.create_pr and commit.pr_url else commit.commit_url}")
+    print(f"Load it with: AutoModel.from_pretrained({args.repo_id!r}, trust_remote_code=True, "
+          f"revision={commit.oid!r})")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as error:  # bad input: a message, not a traceback
+        raise SystemExit(f"error: {error}") from None
+    except ValidationError as error:
+        raise SystemExit(f"error: {error}") from None

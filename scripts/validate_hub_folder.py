@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Check a staged Hub folder as a stranger would: offline, without hf_minitransformer, through remote code only.
+
+    python scripts/validate_hub_folder.py STAGED_DIR EXPECTED.pt TASK
+
+`scripts/publish.py` runs this in a fresh subprocess. EXPECTED.pt holds `input_ids` and the `logits` the publishing
+process computed. Exits non-zero with the reason on the first failure; prints one line per check passed.
+"""
+
+import sys
+
+
+# Make the package unimportable before anything can import it: only the folder's own code may define the model.
+sys.modules["hf_minitransformer"] = None
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from huggingface_hub import ModelCard  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+
+PIPELINES = {"clm": "text-generation", "mlm": "fill-mask"}
+MAIN_AUTO_CLASS = {"clm": "AutoModelForCausalLM", "mlm": "AutoModelForMaskedLM"}
+REQUIRED_METADATA = ("license", "library_name", "pipeline_tag", "model-index")
+
+
+def fail(message: str):
+    raise SystemExit(f"FAILED: {message}")
+
+
+def saved_weights(folder: Path) -> dict[str, torch.Tensor]:
+    index = folder / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [
+        "model.safetensors"]
+    weights = {}
+    for name in files:
+        weights.update(load_file(folder / name))
+    return weights
+
+
+def check_auto_classes(folder: Path, weights: dict[str, torch.Tensor]):
+    """Every Auto class in auto_map loads through remote code, with every stored weight it uses bit-identical."""
+    config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    if "hf_minitransformer" in type(config).__module__:
+        fail("the config came from the installed package, not the folder's code")
+    auto_map = getattr(config, "auto_map", {}) or {}
+    missing = {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM"} - set(auto_map)
+    if missing:
+        fail(f"config.json auto_map lacks {sorted(missing)}")
+    for auto_name in sorted(set(auto_map) - {"AutoConfig"}):
+        model = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=True)
+        for name, tensor in model.state_dict().items():
+            # A bare AutoModel's "layers.0..." is stored as "model.layers.0..." by a head; new heads are not stored.
+            stored = weights.get(name, weights.get(f"{model.base_model_prefix}.{name}"))
+            if stored is not None and not torch.equal(stored, tensor):
+                fail(f"{auto_name}: weight {name} differs from the stored one")
+        print(f"ok  {auto_name} -> {type(model).__name__} (remote code {type(model).__module__})")
+
+
+def check_logits(folder: Path, expected_path: Path, task: str):
+    expected = torch.load(expected_path)
+    model = getattr(transformers, MAIN_AUTO_CLASS[task]).from_pretrained(folder, trust_remote_code=True).eval()
+    with torch.no_grad():
+        logits = model(expected["input_ids"]).logits
+    if not torch.equal(logits, expected["logits"]):
+        difference = (logits - expected["logits"]).abs().max().item()
+        fail(f"logits differ from the publishing process's by up to {difference:.3g}")
+    print(f"ok  {MAIN_AUTO_CLASS[task]} logits equal the publishing process's, shape {tuple(logits.shape)}")
+
+
+def check_pipeline(folder: Path, task: str):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = getattr(transformers, MAIN_AUTO_CLASS[task]).from_pretrained(folder, trust_remote_code=True)
+    pipe = transformers.pipeline(PIPELINES[task], model=model, tokenizer=tokenizer)
+    if task == "clm":
+        text = pipe("def ", max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    else:
+        text = pipe(f"def {tokenizer.mask_token}")[0]["sequence"]
+    print(f"ok  pipeline({PIPELINES[task]!r}): {text!r}")
+
+
+def check_card(folder: Path):
+    card = ModelCard.load(folder / "README.md")
+    metadata = card.data.to_dict()
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        fail(f"README.md metadata lacks {missing}")
+    print(f"ok  model card metadata: pipeline_tag={metadata['pipeline_tag']!r}, license={metadata['license']!r}")
+
+
+def main():
+    folder, expected_path, task = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    try:
+        import hf_minitransformer  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        fail("hf_minitransformer is importable: the check would not exercise the remote code")
+    check_auto_classes(folder, saved_weights(folder))
+    check_logits(folder, expected_path, task)
+    check_pipeline(folder, task)
+    check_card(folder)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""scripts/publish.py: staging, validation through remote code without the package, the upload calls, bad input."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import CommitInfo, ModelCard
+
+from hf_minitransformer import MiniTransformerForCausalLM, MiniTransformerForMaskedLM
+from hf_minitransformer.data import train_bpe_tokenizer
+
+from .conftest import make_config
+
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("publish", ROOT / "scripts" / "publish.py")
+publish = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(publish)
+
+TEXTS = ["def add(a, b):\n    return a + b\n", "class Stack:\n    def push(self, item):\n        pass\n"] * 20
+
+
+def training_output(folder: Path, task: str = "clm") -> Path:
+    """A folder shaped like scripts/train.py's output (model, tokenizer, summary, log), built in seconds."""
+    tokenizer = train_bpe_tokenizer(iter([TEXTS]), vocab_size=300, with_mask_token=task == "mlm")
+    config = make_config(vocab_size=len(tokenizer), max_position_embeddings=32)
+    model = (MiniTransformerForCausalLM if task == "clm" else MiniTransformerForMaskedLM)(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    summary = {
+        "task": task, "final_eval": {"loss": 5.0, "perplexity": 148.4}, "baselines": {"unigram_perplexity": 200.0},
+        "optimizer_steps": 3, "tokens_seen": 96, "train_wall_seconds": 1.0, "num_processes": 1,
+        "mixed_precision": "no", "data": {"source": "two snippets", "train_blocks": 3, "validation_blocks": 1,
+                                          "block_size": 32},
+        "args": {"learning_rate": 1e-3, "weight_decay": 0.1, "num_warmup_steps": 1, "lr_scheduler_type": "cosine",
+                 "max_grad_norm": 1.0, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 1},
+    }
+    (folder / "training_summary.json").write_text(json.dumps(summary))
+    log = [{"step": 1, "loss": 5.6}, {"step": 2, "loss": 5.3}, {"step": 2, "eval_loss": 5.2}, {"step": 3, "loss": 5.0}]
+    (folder / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    return folder
+
+
+class RecordingHubApi:
+    """Stands in for huggingface_hub.HfApi at the network boundary: records the calls, uploads nothing."""
+
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+        return f"https://huggingface.co/{repo_id}"
+
+    def create_branch(self, repo_id, **kwargs):
+        self.calls.append(("create_branch", repo_id, kwargs))
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs["repo_id"], kwargs))
+        files = sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())
+        self.calls.append(("files", files))
+        return CommitInfo(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/abc123",
+                          commit_message=kwargs["commit_message"], commit_description="", oid="abc123",
+                          pr_url=f"https://huggingface.co/{kwargs['repo_id']}/discussions/1")
+
+
+@pytest.fixture(autouse=True)
+def _no_token(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored login either
+
+
+@pytest.mark.slow  # stages and validates in a subprocess: ~10 s
+def test_dry_run_stages_a_sharded_folder_that_validates_without_the_package(tmp_path, capsys):
+    source = training_output(tmp_path / "run")
+    staged = publish.main([str(source), "--repo_id", "me/mini", "--dry_run", "--max_shard_size", "60KB"])
+    out = capsys.readouterr().out
+    assert staged == tmp_path / "run-hub"
+    names = {p.name for p in staged.iterdir()}
+    assert {"config.json", "configuration_minitransformer.py", "modeling_minitransformer.py", "tokenizer.json",
+            "generation_config.json", "README.md", "loss_curves.png", "model.safetensors.index.json"} <= names
+    assert len([n for n in names if n.endswith(".safetensors")]) > 1  # sharded past --max_shard_size
+    auto_map = json.loads((staged / "config.json").read_text())["auto_map"]
+    assert {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM",
+            "AutoModelForSequenceClassification", "AutoModelForTokenClassification"} == set(auto_map)
+    # the validation subprocess's report, and the file listing
+    assert "remote code transformers_modules." in out and "logits equal the publishing process's" in out
+    assert "pipeline('text-generation')" in out and "README.md" in out and "bytes" in out
+    card = ModelCard.load(staged / "README.md")
+    assert card.data.pipeline_tag == "text-generation" and card.data.library_name == "transformers"
+    assert card.data.eval_results[0].metric_value == pytest.approx(148.4)
+    assert 'from_pretrained(\n    "me/mini", trust_remote_code=True, revision=' in card.text
+    assert "loss_curves.png" in card.text and f"{MiniTransformerForCausalLM.__name__}" in card.text
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+@pytest.mark.slow  # stages and validates in a subprocess: ~10 s
+def test_upload_calls_create_repo_branch_and_upload_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token_never_sent")
+    source = training_output(tmp_path / "run", task="mlm")
+    api = RecordingHubApi()
+    staged = publish.main([str(source), "--repo_id", "me/mini-mlm", "--private", "--revision", "v1",
+                           "--create_pr"], api=api)
+    kinds = [call[0] for call in api.calls]
+    assert kinds == ["create_repo", "create_branch", "upload_folder", "files"]
+    assert api.calls[0][2]["private"] is True
+    assert api.calls[1][2]["branch"] == "v1"
+    upload = api.calls[2][2]
+    assert upload["folder_path"] == staged and upload["revision"] == "v1" and upload["create_pr"] is True
+    assert "README.md" in api.calls[3][1] and "pipeline('fill-mask')" in capsys.readouterr().out
+    assert ModelCard.load(staged / "README.md").data.pipeline_tag == "fill-mask"
+
+
+@pytest.mark.slow  # stages and validates in a subprocess: ~10 s
+def test_validation_catches_a_staged_model_that_computes_something_else(tmp_path):
+    staged = publish.main([str(training_output(tmp_path / "run")), "--repo_id", "me/mini", "--dry_run"])
+    modeling = staged / "modeling_minitransformer.py"
+    source = modeling.read_text()
+    assert "self.scaling = self.head_dim**-0.5" in source
+    modeling.write_text(source.replace("self.scaling = self.head_dim**-0.5", "self.scaling = 1.0"))
+    with pytest.raises(publish.ValidationError, match="logits differ"):
+        publish.validate(staged, "clm")
+
+
+@pytest.mark.parametrize(
+    "setup, extra, message",
+    [
+        (lambda d: d.mkdir(), [], "is not a training output: it needs config.json and model.safetensors"),
+        (lambda d: (training_output(d) / "tokenizer.json").unlink() or (d / "tokenizer_config.json").unlink(), [],
+         "has no tokenizer"),
+        (lambda d: (training_output(d) / "training_summary.json").unlink(), [], "has no training_summary.json"),
+        (lambda d: training_output(d), ["--repo_id", "me/bad name!"], "me/bad name!"),
+        (lambda d: training_output(d), ["--repo_id", "solo"], "must be 'user-or-org/name', got 'solo'"),
+        (lambda d: training_output(d), [], "No Hugging Face token for the upload"),
+    ],
+)
+def test_bad_input_stops_before_anything_is_written(tmp_path, setup, extra, message):
+    source = tmp_path / "run"
+    setup(source)
+    args = [str(source), "--repo_id", "me/mini", *extra]
+    api = RecordingHubApi()
+    with pytest.raises(ValueError, match=message.replace("!", ".").replace("(", r"\(").replace(")", r"\)")):
+        publish.main(args, api=api)
+    assert api.calls == []
+    assert not (tmp_path / "run-hub").exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_not_a_folder_and_existing_staging_folder(tmp_path):
+    with pytest.raises(ValueError, match="is not a folder"):
+        publish.main([str(tmp_path / "missing"), "--repo_id", "me/mini", "--dry_run"])
+    source = training_output(tmp_path / "run")
+    (tmp_path / "run-hub").mkdir()
+    with pytest.raises(ValueError, match="already exists"):
+        publish.main([str(source), "--repo_id", "me/mini", "--dry_run"])
+
+
+def test_a_crash_while_staging_leaves_no_folder(tmp_path):
+    source = training_output(tmp_path / "run")
+    with pytest.raises(ValueError):
+        publish.main([str(source), "--repo_id", "me/mini", "--dry_run", "--max_shard_size", "lots"])
+    assert not (tmp_path / "run-hub").exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_command_line_reports_bad_input_without_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "publish.py"), str(tmp_path), "--repo_id",
+                             "me/mini", "--dry_run"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error:") and "Traceback" not in result.stderr
