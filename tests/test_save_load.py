@@ -153,6 +153,12 @@ def test_device_map_auto_offloads_whole_layers(saved, tmp_path):
     assert torch.equal(model_output(loaded, example_inputs()), expected)
 
 
+def attention_weights(model, inputs) -> tuple:
+    # Only eager materialises attention weights (SDPA returns none), so this tells which backend actually ran.
+    with torch.no_grad():
+        return model(**inputs, output_attentions=True).attentions
+
+
 def test_attn_implementation_at_load_and_switched_after(saved):
     folder, _, expected = saved["AutoModelForCausalLM"]
     inputs = example_inputs()
@@ -162,15 +168,17 @@ def test_attn_implementation_at_load_and_switched_after(saved):
         assert loaded.config._attn_implementation == implementation
         assert all(layer.self_attn.config._attn_implementation == implementation for layer in loaded.model.layers)
         outputs[implementation] = model_output(loaded, inputs)
-    # Only eager materialises attention weights, so `output_attentions` tells which backend actually ran.
+        assert len(attention_weights(loaded, inputs)) == (2 if implementation == "eager" else 0)
+
     loaded.set_attn_implementation("eager")
     assert loaded.config._attn_implementation == "eager"
-    with torch.no_grad():
-        attentions = loaded(**inputs, output_attentions=True).attentions
+    attentions = attention_weights(loaded, inputs)
     assert len(attentions) == 2 and attentions[0].shape == (2, 4, 7, 7)
     assert torch.equal(model_output(loaded, inputs), outputs["eager"])
     loaded.set_attn_implementation("sdpa")
     assert loaded.config._attn_implementation == "sdpa"
+    assert len(attention_weights(loaded, inputs)) == 0
+    assert torch.equal(model_output(loaded, inputs), outputs["sdpa"])
     # Padded key positions differ in how they are masked, so compare the rows' real tokens only.
     real = inputs["attention_mask"].bool()
     for implementation in ("eager", "sdpa"):
