@@ -1,0 +1,376 @@
+#!/usr/bin/env python
+"""Speed and memory of MiniTransformer against transformers' GPT-2 (causal LM) and BERT (masked LM), same shapes.
+
+    # CPU: tiny and small presets at the training script's shapes (vocabulary 4096, 16 x 128 tokens)
+    python scripts/benchmark.py
+    # The config's default vocabulary (32000), one preset, more timed steps
+    python scripts/benchmark.py --presets small --vocab_size 32000 --steps 20
+    # One GPU, unattended (about 6 minutes on an H100): only the GPU section, base preset, sequence 1024, batch 16
+    python scripts/benchmark.py --skip_cpu
+
+Contenders, built at identical shapes (layers, hidden, heads, intermediate size, vocabulary, sequence, batch), ReLU
+feed-forward and dropout off: `GPT2LMHeadModel` (activation_function="relu") against `MiniTransformerForCausalLM`, and
+`BertForMaskedLM` (hidden_act="relu") against `MiniTransformerForMaskedLM`. Ours runs twice: with the default config
+(`logits_with_loss="all"`, full logits like the references) and with `--logits_with_loss` (default "none": the loss
+fused with the projection, chunk by chunk). Everything else is each library's default (SDPA attention, AdamW).
+
+Method. All models live in one process and run round by round (one step of each, then the next round), so a noisy,
+shared machine slows them alike; each figure is the median over `--steps` rounds after `--warmup` steps.
+- Train step: forward + backward + AdamW step + zero_grad, on random tokens (15% masked for the masked LM).
+- Generation: greedy `generate` with the KV cache, `--new_tokens` new tokens after a `--prompt_len` prompt, end of
+  sequence disabled so every run has the same length; tokens/s counts the new tokens of the whole batch.
+- Peak memory, in a fresh Python process per model (`--measure_memory_of`, run by this script): "RSS growth" is the
+  process's high-water resident memory (`getrusage` maxrss) after `--warmup` train steps minus its resident memory
+  before the model was built, so it counts weights, gradients, AdamW state, activations, logits and allocator slack;
+  "step peak" is the largest total of tensor bytes the next train step allocates on top of what already lives
+  (activations, logits, gradients, temporaries), read from the torch profiler's memory events.
+Ratios are ours / theirs: below 1 is better for times and memory, above 1 is better for tokens/s.
+
+GPU section (only with CUDA; skipped with a note otherwise): bf16 autocast training at `--gpu_*` shapes with and
+without `torch.compile`, tokens/s and MFU with FLOPs/token = 6N + 12 L d T (N: parameters without position tables) over
+`--peak_tflops`; then batch-1 greedy generation of `--gpu_new_tokens` tokens, default `generate` and static cache
+(which `generate` compiles on a GPU). A failing measurement prints its error and the run goes on.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+import transformers
+from transformers import BertConfig, BertForMaskedLM, GenerationConfig, GPT2Config, GPT2LMHeadModel
+
+from hf_minitransformer import MiniTransformerForCausalLM, MiniTransformerForMaskedLM
+from hf_minitransformer.presets import PRESETS, config_from_preset
+
+
+CAUSAL = ("gpt2", "ours-causal", "ours-causal-tuned")
+MASKED = ("bert", "ours-masked", "ours-masked-tuned")
+MIB = 2**20
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small"], choices=list(PRESETS),
+                        help="Model sizes to compare on the CPU (hf_minitransformer/presets.py).")
+    parser.add_argument("--vocab_size", type=int, default=4096, help="Vocabulary of every model (train.py's default).")
+    parser.add_argument("--seq_len", type=int, default=128, help="Tokens per training sequence.")
+    parser.add_argument("--batch_size", type=int, default=16, help="Sequences per training step.")
+    parser.add_argument("--mlm_probability", type=float, default=0.15, help="Share of masked positions (masked LM).")
+    parser.add_argument("--logits_with_loss", default="none", choices=["all", "labelled", "none"],
+                        help="`logits_with_loss` of the second, tuned configuration of our models.")
+    parser.add_argument("--steps", type=int, default=10, help="Timed rounds (train steps, generate calls) per model.")
+    parser.add_argument("--warmup", type=int, default=2, help="Untimed steps per model before timing.")
+    parser.add_argument("--generate_batch_sizes", type=int, nargs="+", default=[1, 8],
+                        help="Batch sizes of the greedy generation benchmark.")
+    parser.add_argument("--prompt_len", type=int, default=16, help="Prompt tokens before generation.")
+    parser.add_argument("--new_tokens", type=int, default=32, help="Tokens generated per sequence on the CPU.")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core).")
+    parser.add_argument("--skip_cpu", action="store_true", help="Run only the GPU section.")
+    parser.add_argument("--skip_gpu", action="store_true", help="Skip the GPU section even with CUDA.")
+    parser.add_argument("--gpu_preset", default="base", choices=list(PRESETS), help="Model size on the GPU.")
+    parser.add_argument("--gpu_vocab_size", type=int, default=50257, help="Vocabulary on the GPU (GPT-2's).")
+    parser.add_argument("--gpu_seq_len", type=int, default=1024, help="Tokens per sequence on the GPU.")
+    parser.add_argument("--gpu_batch_size", type=int, default=16, help="Sequences per step on the GPU.")
+    parser.add_argument("--gpu_new_tokens", type=int, default=256, help="Tokens generated at batch 1 on the GPU.")
+    parser.add_argument("--peak_tflops", type=float, default=989.0,
+                        help="The card's dense bf16 peak for MFU (989 for an H100 SXM).")
+    parser.add_argument("--gpu_time_budget", type=float, default=420.0,
+                        help="Seconds after which the GPU section skips what is left (one call stays under 8 min).")
+    parser.add_argument("--measure_memory_of", default=None, choices=CAUSAL + MASKED,
+                        help="Internal: measure this model's train-step memory in this fresh process, print JSON.")
+    parser.add_argument("--preset", default="small", choices=list(PRESETS),
+                        help="Internal, with --measure_memory_of: the preset to measure.")
+    return parser.parse_args(argv)
+
+
+def build_model(name: str, preset: str, vocab_size: int, logits_with_loss: str) -> torch.nn.Module:
+    """One contender at the preset's sizes, ReLU feed-forward, dropout off; pad/bos/eos ids 0/1/2 for all."""
+    sizes = PRESETS[preset]
+    torch.manual_seed(0)
+    if name.startswith("ours"):
+        mode = logits_with_loss if name.endswith("tuned") else "all"
+        config = config_from_preset(preset, vocab_size=vocab_size, is_decoder="causal" in name,
+                                    hidden_dropout_prob=0.0, attention_dropout=0.0, logits_with_loss=mode)
+        return (MiniTransformerForCausalLM if "causal" in name else MiniTransformerForMaskedLM)(config)
+    if name == "gpt2":
+        config = GPT2Config(n_layer=sizes["num_hidden_layers"], n_embd=sizes["hidden_size"],
+                            n_head=sizes["num_attention_heads"], n_inner=sizes["intermediate_size"],
+                            n_positions=sizes["max_position_embeddings"], vocab_size=vocab_size,
+                            activation_function="relu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                            pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        return GPT2LMHeadModel(config)
+    config = BertConfig(num_hidden_layers=sizes["num_hidden_layers"], hidden_size=sizes["hidden_size"],
+                        num_attention_heads=sizes["num_attention_heads"], intermediate_size=sizes["intermediate_size"],
+                        max_position_embeddings=sizes["max_position_embeddings"], vocab_size=vocab_size,
+                        hidden_act="relu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=0)
+    return BertForMaskedLM(config)
+
+
+def make_batch(name: str, vocab_size: int, batch_size: int, seq_len: int, mlm_probability: float,
+               device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Random tokens; causal labels are the inputs, masked-LM labels are -100 except at masked positions."""
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(3, vocab_size, (batch_size, seq_len), generator=generator)
+    labels = input_ids.clone()
+    if name in MASKED:
+        masked = torch.rand(batch_size, seq_len, generator=generator) < mlm_probability
+        masked[:, 0] = True  # never an empty loss
+        labels[~masked] = -100
+        input_ids = input_ids.masked_fill(masked, 3)  # a stand-in [MASK] id
+    return {"input_ids": input_ids.to(device), "labels": labels.to(device)}
+
+
+def train_step(model: Callable, optimizer: torch.optim.Optimizer, batch: dict, autocast: bool = False) -> float:
+    """Seconds for forward + backward + AdamW step + zero_grad (waiting for the GPU when there is one)."""
+    start = time.perf_counter()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def interleaved_medians(runs: dict[str, Callable[[], float]], steps: int, warmup: int) -> dict[str, float]:
+    """Warm every run up, then time one call of each per round; the median of each over `steps` rounds."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times = {name: [] for name in runs}
+    for _ in range(steps):
+        for name, run in runs.items():
+            times[name].append(run())
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def time_training(preset: str, args: argparse.Namespace) -> dict[str, float]:
+    """Median train-step seconds of the six contenders, interleaved."""
+    runs = {}
+    for name in CAUSAL + MASKED:
+        model = build_model(name, preset, args.vocab_size, args.logits_with_loss).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        batch = make_batch(name, args.vocab_size, args.batch_size, args.seq_len, args.mlm_probability)
+        runs[name] = lambda model=model, optimizer=optimizer, batch=batch: train_step(model, optimizer, batch)
+    return interleaved_medians(runs, args.steps, args.warmup)
+
+
+def generate_seconds(model: torch.nn.Module, prompt: torch.Tensor, config: GenerationConfig) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        output = model.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=config)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    assert output.shape[1] == prompt.shape[1] + config.max_new_tokens, "generation stopped early"
+    return time.perf_counter() - start
+
+
+def generation_config(new_tokens: int, **kwargs) -> GenerationConfig:
+    # No end-of-sequence token: every call generates exactly `new_tokens`, so the runs compare like with like.
+    return GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0, **kwargs)
+
+
+def time_generation(preset: str, batch_size: int, args: argparse.Namespace) -> dict[str, float]:
+    """Median greedy-generation tokens/s (new tokens of the whole batch per second) of ours and GPT-2."""
+    config = generation_config(args.new_tokens)
+    prompt = make_batch("gpt2", args.vocab_size, batch_size, args.prompt_len, 0.0)["input_ids"]
+    runs = {}
+    for name in ("gpt2", "ours-causal"):
+        model = build_model(name, preset, args.vocab_size, "all").eval()
+        runs[name] = lambda model=model: generate_seconds(model, prompt, config)
+    seconds = interleaved_medians(runs, args.steps, args.warmup)
+    return {name: batch_size * args.new_tokens / value for name, value in seconds.items()}
+
+
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def step_peak_tensor_bytes(run: Callable[[], float]) -> int:
+    """Largest total of tensor bytes allocated during `run()` and not yet freed, from the profiler's memory events."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
+        run()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trace.json")
+        profiler.export_chrome_trace(path)
+        with open(path) as trace:
+            events = json.load(trace)["traceEvents"]
+    totals = [event["args"]["Total Allocated"] for event in events if event.get("name") == "[memory]"]
+    return max(totals, default=0)
+
+
+def measure_memory(args: argparse.Namespace) -> dict[str, int]:
+    """In a fresh process: RSS growth over `args.warmup` train steps, then the tensor peak of one more step."""
+    name = args.measure_memory_of
+    rss_before = current_rss_bytes()
+    model = build_model(name, args.preset, args.vocab_size, args.logits_with_loss).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = make_batch(name, args.vocab_size, args.batch_size, args.seq_len, args.mlm_probability)
+    for _ in range(max(args.warmup, 1)):  # the first step allocates AdamW's state
+        train_step(model, optimizer, batch)
+    rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before  # ru_maxrss is in KiB
+    step_peak = step_peak_tensor_bytes(lambda: train_step(model, optimizer, batch))
+    return {"rss_growth": rss_growth, "step_peak": step_peak}
+
+
+def memory_in_fresh_process(name: str, preset: str, args: argparse.Namespace) -> dict[str, int]:
+    command = [sys.executable, __file__, "--measure_memory_of", name, "--preset", preset,
+               "--vocab_size", str(args.vocab_size), "--seq_len", str(args.seq_len),
+               "--batch_size", str(args.batch_size), "--mlm_probability", str(args.mlm_probability),
+               "--logits_with_loss", args.logits_with_loss, "--warmup", str(args.warmup)]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def table_row(label: str, reference: float, ours: float, tuned: float | None = None, digits: int = 1) -> str:
+    cells = [label, f"{reference:.{digits}f}", f"{ours:.{digits}f}", f"{ours / reference:.2f}x"]
+    cells += ["", ""] if tuned is None else [f"{tuned:.{digits}f}", f"{tuned / reference:.2f}x"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def cpu_section(preset: str, args: argparse.Namespace):
+    """Measure one preset on the CPU and print its markdown table."""
+    sizes = PRESETS[preset]
+    seconds = time_training(preset, args)
+    tokens_per_second = {size: time_generation(preset, size, args) for size in args.generate_batch_sizes}
+    memory = {name: memory_in_fresh_process(name, preset, args) for name in CAUSAL + MASKED}
+    print(f"\n### {preset}: hidden {sizes['hidden_size']}, {sizes['num_hidden_layers']} layers, "
+          f"{sizes['num_attention_heads']} heads, FFN {sizes['intermediate_size']}; vocabulary {args.vocab_size}, "
+          f"batch {args.batch_size} x {args.seq_len} tokens\n")
+    print(f'| | reference | ours (default) | ours / ref | ours (logits_with_loss="{args.logits_with_loss}") '
+          "| ours / ref |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for task, (reference, ours, tuned) in (("causal vs GPT-2", CAUSAL), ("masked LM vs BERT", MASKED)):
+        print(table_row(f"{task}: train step, ms", *(seconds[name] * 1000 for name in (reference, ours, tuned))))
+        for key, what in (("rss_growth", "peak RSS growth"), ("step_peak", "step peak tensors")):
+            print(table_row(f"{task}: {what}, MiB", *(memory[name][key] / MIB for name in (reference, ours, tuned))))
+        if task.startswith("causal"):
+            for size, rates in tokens_per_second.items():
+                label = f"causal vs GPT-2: greedy generate, batch {size}, tokens/s"
+                print(table_row(label, rates["gpt2"], rates["ours-causal"]))
+    sys.stdout.flush()
+
+
+def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+    """6N + 12 L d T (Kaplan et al. / PaLM), N without position tables (they cost no matmul)."""
+    config = model.config
+    params = sum(p.numel() for name, p in model.named_parameters() if "wpe" not in name)
+    return 6 * params + 12 * config.num_hidden_layers * config.hidden_size * seq_len
+
+
+def gpu_training(args: argparse.Namespace, deadline: float):
+    """bf16 autocast train steps on the GPU, eager and compiled, interleaved: tokens/s, MFU, peak memory."""
+    runs, flops, peaks = {}, {}, {}
+    for name in ("gpt2", "ours-causal-tuned"):
+        for compiled in (False, True):
+            if time.perf_counter() > deadline:
+                print(f"- skipped {name} compiled={compiled}: over --gpu_time_budget")
+                continue
+            label = f"{name}{' compiled' if compiled else ''}"
+            model = build_model(name, args.gpu_preset, args.gpu_vocab_size, args.logits_with_loss).cuda().train()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+            batch = make_batch(name, args.gpu_vocab_size, args.gpu_batch_size, args.gpu_seq_len, 0.0, "cuda")
+            step_model = torch.compile(model) if compiled else model
+            try:
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+                for _ in range(max(args.warmup, 2)):  # compiles; the first step allocates AdamW's state
+                    train_step(step_model, optimizer, batch, autocast=True)
+                peaks[label] = (torch.cuda.max_memory_allocated() - before) / 2**30
+            except Exception as error:  # noqa: BLE001 - report and go on: this runs unattended
+                print(f"- {label} failed: {type(error).__name__}: {error}"[:500])
+                continue
+            runs[label] = lambda m=step_model, o=optimizer, b=batch: train_step(m, o, b, autocast=True)
+            flops[label] = flops_per_token(model, args.gpu_seq_len)
+    seconds = interleaved_medians(runs, args.steps, 0)
+    tokens = args.gpu_batch_size * args.gpu_seq_len
+    print("\n| bf16 train step | ms | tokens/s | MFU | peak GiB (weights, grads, AdamW, activations) |")
+    print("|---|---:|---:|---:|---:|")
+    for label, value in seconds.items():
+        mfu = flops[label] * tokens / value / (args.peak_tflops * 1e12)
+        print(f"| {label} | {value * 1000:.1f} | {tokens / value:,.0f} | {mfu:.1%} | {peaks[label]:.2f} |")
+    sys.stdout.flush()
+
+
+def gpu_generation(args: argparse.Namespace, deadline: float):
+    """Batch-1 greedy generation on the GPU: default `generate` (dynamic cache) and static cache (compiled)."""
+    prompt = make_batch("gpt2", args.gpu_vocab_size, 1, args.prompt_len, 0.0, "cuda")["input_ids"]
+    print(f"\n| batch-1 greedy generate, {args.gpu_new_tokens} new tokens | tokens/s |")
+    print("|---|---:|")
+    for name in ("gpt2", "ours-causal"):
+        model = build_model(name, args.gpu_preset, args.gpu_vocab_size, "all").cuda().eval()
+        for cache in ("dynamic", "static"):
+            if time.perf_counter() > deadline:
+                print(f"| {name}, {cache} cache | skipped: over --gpu_time_budget |")
+                continue
+            extra = {"cache_implementation": "static"} if cache == "static" else {}
+            config = generation_config(args.gpu_new_tokens, **extra)
+            try:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    seconds = interleaved_medians({name: lambda: generate_seconds(model, prompt, config)}, 3, 2)
+                print(f"| {name}, {cache} cache{' (compiled by generate)' if extra else ''} | "
+                      f"{args.gpu_new_tokens / seconds[name]:,.0f} |")
+            except Exception as error:  # noqa: BLE001 - report and go on: this runs unattended
+                print(f"| {name}, {cache} cache | failed: {type(error).__name__}: {str(error)[:300]} |")
+            sys.stdout.flush()
+
+
+def gpu_section(args: argparse.Namespace):
+    if not torch.cuda.is_available():
+        print("\nGPU section skipped: CUDA is not available.")
+        return
+    deadline = time.perf_counter() + args.gpu_time_budget
+    sizes = PRESETS[args.gpu_preset]
+    print(f"\n### GPU: {torch.cuda.get_device_name()}, {args.gpu_preset} (hidden {sizes['hidden_size']}, "
+          f"{sizes['num_hidden_layers']} layers), vocabulary {args.gpu_vocab_size}, batch {args.gpu_batch_size} x "
+          f"{args.gpu_seq_len}, bf16 autocast, MFU over {args.peak_tflops:g} TFLOPS")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    gpu_training(args, deadline)
+    gpu_generation(args, deadline)
+
+
+def main():
+    args = parse_args()
+    transformers.logging.set_verbosity_error()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.measure_memory_of:
+        print(json.dumps(measure_memory(args)))
+        return
+    if not args.skip_cpu:
+        for preset in args.presets:
+            if args.seq_len > PRESETS[preset]["max_position_embeddings"]:
+                raise ValueError(f"--seq_len {args.seq_len} exceeds the {preset} preset's max_position_embeddings "
+                                 f"({PRESETS[preset]['max_position_embeddings']}).")
+        print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}, transformers "
+              f"{transformers.__version__}; medians of {args.steps} interleaved rounds after {args.warmup} warm-up")
+        for preset in args.presets:
+            cpu_section(preset, args)
+    if not args.skip_gpu:
+        gpu_section(args)
+
+
+def cpu_name() -> str:
+    try:
+        output = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in output.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()

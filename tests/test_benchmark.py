@@ -1,0 +1,70 @@
+"""scripts/benchmark.py builds like-for-like contenders and measures without crashing; it never asserts a timing."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+benchmark = load_script("benchmark")
+
+
+@pytest.mark.parametrize("reference, ours", [("gpt2", "ours-causal"), ("bert", "ours-masked")])
+def test_contenders_have_identical_shapes(reference, ours):
+    theirs = benchmark.build_model(reference, "tiny", 300, "none")
+    mine = benchmark.build_model(ours, "tiny", 300, "all")
+    for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
+        assert getattr(theirs.config, name) == getattr(mine.config, name), name
+    intermediate = theirs.config.n_inner if reference == "gpt2" else theirs.config.intermediate_size
+    assert intermediate == mine.config.intermediate_size
+    activation = theirs.config.activation_function if reference == "gpt2" else theirs.config.hidden_act
+    assert activation == mine.config.hidden_act == "relu"
+    for model in (theirs, mine):  # dropout off everywhere
+        assert all(module.p == 0.0 for module in model.modules() if isinstance(module, torch.nn.Dropout))
+    # The same matmul sizes: parameter counts differ only by biases, position tables and BERT's extra LayerNorms.
+    counts = [sum(p.numel() for p in model.parameters()) for model in (theirs, mine)]
+    assert abs(counts[0] - counts[1]) / counts[1] < 0.2
+
+
+def test_tuned_configuration_only_changes_logits_with_loss():
+    default = benchmark.build_model("ours-masked", "tiny", 300, "none")
+    tuned = benchmark.build_model("ours-masked-tuned", "tiny", 300, "none")
+    assert default.config.logits_with_loss == "all" and tuned.config.logits_with_loss == "none"
+    batch = benchmark.make_batch("ours-masked", 300, 2, 16, 0.15)
+    torch.testing.assert_close(tuned(**batch).loss, default(**batch).loss)
+
+
+def test_masked_batch_scores_only_masked_positions():
+    batch = benchmark.make_batch("bert", 300, 4, 32, 0.15)
+    scored = batch["labels"] != -100
+    assert scored[:, 0].all() and 0 < scored.float().mean() < 0.5
+    assert (batch["input_ids"][scored] == 3).all()
+
+
+def test_step_peak_counts_the_tensors_a_step_allocates():
+    peak = benchmark.step_peak_tensor_bytes(lambda: torch.ones(1024, 1024).sum())
+    assert peak >= 4 * 2**20
+
+
+@pytest.mark.slow
+def test_cpu_benchmark_runs_end_to_end():
+    args = ["--presets", "tiny", "--steps", "1", "--warmup", "1", "--batch_size", "2", "--seq_len", "8",
+            "--new_tokens", "2", "--generate_batch_sizes", "1", "--vocab_size", "300", "--threads", "1"]
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), *args], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "masked LM vs BERT: step peak tensors, MiB" in result.stdout
+    assert "GPU section skipped" in result.stdout or "### GPU" in result.stdout
