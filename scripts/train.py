@@ -127,6 +127,9 @@ def _add_optimization_args(group: argparse._ArgumentGroup):
     group.add_argument("--num_train_epochs", type=int, default=2, help="Passes over the training data.")
     group.add_argument("--max_train_steps", type=int, default=None,
                        help="Total optimizer steps; overrides --num_train_epochs when given.")
+    group.add_argument("--max_train_seconds", type=float, default=None,
+                       help="Safety limit: stop (then evaluate and save) after this much training time, even "
+                            "before the last step; the summary records it. Counted per launch, not over resumes.")
     group.add_argument("--lr_scheduler_type", default="cosine",
                        help="Any transformers scheduler name (linear, cosine, constant_with_warmup, ...).")
     group.add_argument("--num_warmup_steps", type=int, default=50, help="Linear warmup steps of the scheduler.")
@@ -193,8 +196,7 @@ def main(argv: list[str] | None = None) -> torch.nn.Module:
     args = parse_args(argv)
     base_config, resume_path = check_args(args)
     accelerator = build_accelerator(args)
-    data_args = DataArgs(args.dataset_name, args.dataset_config_name, args.train_file, args.validation_file,
-                         args.text_column, args.validation_split_percentage, args.max_corpus_bytes)
+    data_args = data_args_from(args)
     # The main process downloads, trains the tokenizer and fills the datasets cache; the others then reuse them.
     with accelerator.main_process_first():
         raw, documents = load_raw_datasets(data_args)
@@ -208,8 +210,7 @@ def main(argv: list[str] | None = None) -> torch.nn.Module:
     model = build_model(args, config)
     optimizer = build_optimizer(model, args)
     # Before `prepare` the per-process length is an estimate; it is recomputed from the sharded loader below.
-    steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
-    total_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    total_steps, _ = count_steps(args, math.ceil(len(train_dataloader) / accelerator.num_processes))
     # The prepared scheduler steps once per process on each optimizer step, hence the scaling.
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
                               num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
@@ -217,9 +218,7 @@ def main(argv: list[str] | None = None) -> torch.nn.Module:
     model, optimizer, train_dataloader, eval_dataloader, scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, eval_dataloader, scheduler
     )
-    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-    total_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    total_steps, num_epochs = count_steps(args, len(train_dataloader))
 
     state = load_checkpoint(accelerator, resume_path, len(train_dataloader)) if resume_path else TrainState()
     init_trackers(accelerator, args, state)
@@ -228,13 +227,14 @@ def main(argv: list[str] | None = None) -> torch.nn.Module:
                 f"{accelerator.num_processes} process(es); starting at step {state.step}.")
     loop = TrainLoop(accelerator, args, model, optimizer, scheduler, train_dataloader, eval_dataloader,
                      eval_collator, tokenizer, total_steps)
-    loop.run(state, num_epochs)
+    stopped_early = loop.run(state, num_epochs)
     metrics = evaluate(accelerator, model, eval_dataloader, eval_collator)
     accelerator.log({f"eval_{k}": v for k, v in metrics.items()}, step=state.step)
     save_model(accelerator, model, tokenizer, args.output_dir)
     if accelerator.is_main_process:
         summary = build_summary(args, accelerator, config, data_args, packed, state, metrics,
                                 count_parameters(model), time.time() - start)
+        summary["planned_optimizer_steps"], summary["stopped_early"] = total_steps, stopped_early
         (Path(args.output_dir) / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         logger.info(f"Final eval loss {metrics['loss']:.4f}, perplexity {metrics['perplexity']:.2f} "
                     f"(unigram baseline {summary['baselines']['unigram_perplexity']:.2f}); saved to {args.output_dir}")
@@ -244,13 +244,12 @@ def main(argv: list[str] | None = None) -> torch.nn.Module:
 
 def check_args(args: argparse.Namespace) -> tuple[MiniTransformerConfig, Path | None]:
     """Every check that needs no data, before any work: returns the model config and the checkpoint to resume."""
-    DataArgs(args.dataset_name, args.dataset_config_name, args.train_file, args.validation_file, args.text_column,
-             args.validation_split_percentage, args.max_corpus_bytes).check()
+    data_args_from(args).check()
     for name in ("block_size", "per_device_train_batch_size", "per_device_eval_batch_size",
                  "gradient_accumulation_steps", "num_train_epochs", "logging_steps", "checkpoints_total_limit"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}.")
-    for name in ("max_train_steps", "eval_steps", "checkpointing_steps"):
+    for name in ("max_train_steps", "eval_steps", "checkpointing_steps", "max_train_seconds"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise ValueError(f"--{name} must be positive when given, got {getattr(args, name)}.")
     config = load_base_config(args)
@@ -261,6 +260,19 @@ def check_args(args: argparse.Namespace) -> tuple[MiniTransformerConfig, Path | 
     if args.resume_from_checkpoint:
         resume_path = find_checkpoint(args.resume_from_checkpoint, args.output_dir)
     return config, resume_path
+
+
+def data_args_from(args: argparse.Namespace) -> DataArgs:
+    return DataArgs(args.dataset_name, args.dataset_config_name, args.train_file, args.validation_file,
+                    args.text_column, args.validation_split_percentage, args.max_corpus_bytes)
+
+
+def count_steps(args: argparse.Namespace, batches_per_epoch: int) -> tuple[int, int]:
+    """(total optimizer steps, epochs) when each process sees `batches_per_epoch` micro-batches per epoch."""
+    # accelerate steps the optimizer at the end of every epoch, even mid-accumulation, hence the ceil.
+    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+    total_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    return total_steps, math.ceil(total_steps / steps_per_epoch)
 
 
 def load_base_config(args: argparse.Namespace) -> MiniTransformerConfig:
@@ -438,13 +450,14 @@ class TrainLoop:
         self.eval_collator = eval_collator
         self.tokenizer, self.total_steps = tokenizer, total_steps
 
-    def run(self, state: TrainState, num_epochs: int):
-        accelerator, started = self.accelerator, time.time()
+    def run(self, state: TrainState, num_epochs: int) -> bool:
+        """Train until `total_steps` (or `num_epochs`); returns True if --max_train_seconds stopped it earlier."""
+        accelerator, started, out_of_time = self.accelerator, time.time(), False
         progress = tqdm(total=self.total_steps, initial=state.step, desc="Training", dynamic_ncols=True,
                         disable=not accelerator.is_local_main_process)
         window = {"loss": torch.zeros((), device=accelerator.device), "batches": 0, "tokens": 0, "since": time.time()}
         train_seconds_before = state.train_seconds
-        while state.step < self.total_steps and state.epoch < num_epochs:
+        while state.step < self.total_steps and state.epoch < num_epochs and not out_of_time:
             self.model.train()
             self.train_dataloader.set_epoch(state.epoch)  # reshuffles: the order is a function of (seed, epoch)
             batches = self.train_dataloader
@@ -464,11 +477,24 @@ class TrainLoop:
                 state.train_seconds = train_seconds_before + time.time() - started
                 progress.update(1)
                 self.after_optimizer_step(state, grad_norm, window, progress)
-                if state.step >= self.total_steps:
+                out_of_time = self.out_of_time(started)
+                if state.step >= self.total_steps or out_of_time:
                     break
             else:
                 state.epoch, state.batches_in_epoch = state.epoch + 1, 0
         progress.close()
+        if out_of_time:
+            logger.warning(f"Stopped after {state.step} of {self.total_steps} steps: --max_train_seconds "
+                           f"{self.args.max_train_seconds} reached.")
+        return out_of_time
+
+    def out_of_time(self, started: float) -> bool:
+        if self.args.max_train_seconds is None:
+            return False
+        # Clocks differ across processes: any process out of time raises the trigger, and all of them see it.
+        if time.time() - started > self.args.max_train_seconds:
+            self.accelerator.set_trigger()
+        return self.accelerator.check_trigger()
 
     def training_step(self, batch: dict) -> tuple[torch.Tensor | None, torch.Tensor]:
         """One micro-batch; returns (grad norm if the optimizer stepped, detached loss)."""

@@ -123,6 +123,16 @@ def test_overfits_one_batch(tmp_path):
     assert isinstance(model, torch.nn.Module)
 
 
+def test_max_train_seconds_stops_early_then_evaluates_and_saves(tmp_path):
+    out = tmp_path / "run"
+    train.main([*TINY, "--max_train_steps", "100000", "--max_train_seconds", "1", "--output_dir", str(out)])
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["stopped_early"]
+    assert 0 < summary["optimizer_steps"] < summary["planned_optimizer_steps"] == 100000
+    assert math.isfinite(summary["final_eval"]["loss"])
+    assert (out / "model.safetensors").is_file()
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
