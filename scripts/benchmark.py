@@ -20,7 +20,7 @@ shared machine slows them alike; each figure is the median over `--steps` rounds
 - Generation: greedy `generate` with the KV cache, `--new_tokens` new tokens after a `--prompt_len` prompt, end of
   sequence disabled so every run has the same length; tokens/s counts the new tokens of the whole batch.
 - Peak memory, in a fresh Python process per model (`--measure_memory_of`, run by this script): "RSS growth" is the
-  process's high-water resident memory (`getrusage` maxrss) after `--warmup` train steps minus its resident memory
+  process's high-water resident memory (VmHWM, Linux) after `--warmup` train steps minus its resident memory
   before the model was built, so it counts weights, gradients, AdamW state, activations, logits and allocator slack;
   "step peak" is the largest total of tensor bytes the next train step allocates on top of what already lives
   (activations, logits, gradients, temporaries), read from the torch profiler's memory events.
@@ -35,7 +35,6 @@ without `torch.compile`, tokens/s and MFU with FLOPs/token = 6N + 12 L d T (N: p
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -193,9 +192,15 @@ def time_generation(preset: str, batch_size: int, args: argparse.Namespace) -> d
     return {name: batch_size * args.new_tokens / value for name, value in seconds.items()}
 
 
-def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def resident_bytes(field: str) -> int:
+    """Resident bytes of this process from Linux's /proc/self/status: "VmRSS" now, "VmHWM" its high-water mark.
+
+    Not `getrusage`'s maxrss: Linux carries that over from the parent across fork and exec, so a child started by a
+    big process reports the parent's size.
+    """
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith(field + ":"))
+    return int(line.split()[1]) * 1024  # kB
 
 
 def step_peak_tensor_bytes(run: Callable[[], float]) -> int:
@@ -214,13 +219,18 @@ def step_peak_tensor_bytes(run: Callable[[], float]) -> int:
 def measure_memory(args: argparse.Namespace) -> dict[str, int]:
     """In a fresh process: RSS growth over `args.warmup` train steps, then the tensor peak of one more step."""
     name = args.measure_memory_of
-    rss_before = current_rss_bytes()
+    try:  # reset the high-water mark to the resident size now (Linux >= 4.0), so imports do not count
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass
+    rss_before = resident_bytes("VmRSS")
     model = build_model(name, args.preset, args.vocab_size, args.logits_with_loss).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch = make_batch(name, args.vocab_size, args.batch_size, args.seq_len, args.mlm_probability)
     for _ in range(max(args.warmup, 1)):  # the first step allocates AdamW's state
         train_step(model, optimizer, batch)
-    rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before  # ru_maxrss is in KiB
+    rss_growth = resident_bytes("VmHWM") - rss_before
     step_peak = step_peak_tensor_bytes(lambda: train_step(model, optimizer, batch))
     return {"rss_growth": rss_growth, "step_peak": step_peak}
 
