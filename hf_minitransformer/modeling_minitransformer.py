@@ -458,15 +458,16 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, rows, chunk):
             chunk_hidden, chunk_labels = hidden[start : start + chunk], labels[start : start + chunk]
-            logits = nn.functional.linear(chunk_hidden, weight, bias).float()  # (chunk, vocab)
+            logits = nn.functional.linear(chunk_hidden, weight, bias)  # (chunk, vocab)
+            log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # (chunk, vocab)
+            del logits  # one (chunk, vocab) tensor alive at a time, not two
             scored = (chunk_labels != ignore_index).unsqueeze(1)  # (chunk, 1)
             targets = torch.where(scored.squeeze(1), chunk_labels, 0).unsqueeze(1)  # (chunk, 1)
-            log_normalizer = torch.logsumexp(logits, dim=-1, keepdim=True)  # (chunk, 1)
-            total += ((log_normalizer - logits.gather(1, targets)) * scored).sum()
+            total -= (log_probs.gather(1, targets) * scored).sum()
             if not (needs_hidden or needs_weight or needs_bias):
                 continue
-            grad_logits = logits.sub_(log_normalizer).exp_()  # softmax, in place of the logits
-            grad_logits.scatter_add_(1, targets, torch.full_like(log_normalizer, -1.0)).mul_(scored)
+            grad_logits = log_probs.exp_()  # softmax, in place of the log-probabilities
+            grad_logits.scatter_add_(1, targets, scored.to(grad_logits.dtype).neg()).mul_(scored)
             grad_logits = grad_logits.to(weight.dtype)
             if needs_hidden:
                 grad_hidden[start : start + chunk] = grad_logits @ weight
