@@ -78,8 +78,8 @@ class DataArgs:
     def describe(self) -> dict:
         """A JSON-serialisable description of the data, for the training summary and the model card."""
         if self.dataset_name:
-            source = f"Hub dataset {self.dataset_name}" + (f" ({self.dataset_config_name})"
-                                                           if self.dataset_config_name else "")
+            source = f"dataset {self.dataset_name}" + (f" ({self.dataset_config_name})"
+                                                       if self.dataset_config_name else "")
         elif self.train_file:
             source = f"local file {self.train_file}"
         else:

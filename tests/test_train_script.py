@@ -123,6 +123,45 @@ def test_overfits_one_batch(tmp_path):
     assert isinstance(model, torch.nn.Module)
 
 
+def write_data(path: Path, rows: list[str]):
+    """`rows` as a data file of the type its suffix names (one line per row for text files)."""
+    from datasets import Dataset
+
+    if path.suffix == ".txt":
+        path.write_text("".join(row + "\n" for row in rows))
+    elif path.suffix == ".jsonl":
+        Dataset.from_dict({"text": rows}).to_json(path)
+    elif path.suffix == ".csv":
+        Dataset.from_dict({"text": rows}).to_csv(path, index=False)
+    else:
+        Dataset.from_dict({"text": rows}).to_parquet(path)
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".csv", ".parquet"])
+def test_trains_on_each_local_file_type(tmp_path, suffix):
+    rows = [f"{i}: {SENTENCE.strip()} Line {i * 7 % 13} of the file." for i in range(200)]
+    write_data(tmp_path / f"train{suffix}", rows)
+    out = tmp_path / "run"
+    train.main([*TINY, "--train_file", str(tmp_path / f"train{suffix}"), "--max_train_steps", "2",
+                "--output_dir", str(out)])
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["data"]["source"] == f"local file {tmp_path / f'train{suffix}'}"
+    assert summary["data"]["train_blocks"] > 10 * summary["data"]["validation_blocks"] > 0  # 5 % held out
+    assert summary["optimizer_steps"] == 2
+
+
+def test_dataset_name_loads_a_dataset_folder(tmp_path):
+    """--dataset_name goes through `datasets.load_dataset`, which also reads a local dataset folder offline."""
+    (tmp_path / "corpus").mkdir()
+    write_data(tmp_path / "corpus" / "train.jsonl", [f"{i} {SENTENCE}" for i in range(100)])
+    write_data(tmp_path / "corpus" / "validation.jsonl", [f"{SENTENCE} {i}" for i in range(20)])
+    out = tmp_path / "run"
+    train.main([*TINY, "--dataset_name", str(tmp_path / "corpus"), "--max_train_steps", "2", "--output_dir", str(out)])
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["data"]["source"] == f"dataset {tmp_path / 'corpus'}"
+    assert summary["data"]["validation_blocks"] > 0
+
+
 def test_max_train_seconds_stops_early_then_evaluates_and_saves(tmp_path):
     out = tmp_path / "run"
     train.main([*TINY, "--max_train_steps", "100000", "--max_train_seconds", "1", "--output_dir", str(out)])
