@@ -518,6 +518,8 @@ class TrainLoop:
                        "tokens_per_s": window["tokens"] / (time.time() - window["since"]),
                        "tokens_seen": state.tokens_seen}
             if grad_norm is not None:
+                # Under FSDP2 the norm is a DTensor: full_tensor() (a collective, reached by every rank) completes it.
+                grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
                 metrics["grad_norm"] = grad_norm.item()
             accelerator.log(metrics, step=state.step)
             progress.set_postfix(loss=f"{loss:.3f}", lr=f"{metrics['lr']:.2e}")

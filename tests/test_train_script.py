@@ -227,3 +227,17 @@ def test_fp16_on_cpu_is_refused(tmp_path):
         pytest.skip("fp16 is valid on a GPU")
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         train.main([*TINY, "--mixed_precision", "fp16", "--output_dir", str(tmp_path / "out")])
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_run_on_gpu(tmp_path, precision):
+    out = tmp_path / "run"
+    run_script(tmp_path, "train.py", *TINY, "--mixed_precision", precision, "--max_train_steps", "5",
+               "--output_dir", str(out))
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["mixed_precision"] == precision
+    assert math.isfinite(summary["final_eval"]["loss"])
+    # Weights stay float32 under autocast, so the saved model is float32 too.
+    assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.float32
