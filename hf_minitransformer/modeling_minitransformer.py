@@ -430,9 +430,10 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
             raise ValueError(f"attention_mask has shape {shape}; expected {expected}.")
 
 
-# Logits held at once by the fused loss: 2**22 floats (16 MiB) per chunk, but at most 32 chunks so that big batches
-# on a GPU still run as a few large matmuls (and torch.compile unrolls a short loop).
-LOSS_CHUNK_ELEMENTS = 2**22
+# Logits held at once by the fused loss: 2**24 floats (64 MiB) per chunk, but at most 32 chunks so that big batches
+# on a GPU still run as a few large matmuls (and torch.compile unrolls a short loop). Smaller chunks made the CPU step
+# slower than the dense loss (thin matmuls, each chunk re-reading the whole output matrix).
+LOSS_CHUNK_ELEMENTS = 2**24
 LOSS_MAX_CHUNKS = 32
 
 
@@ -471,7 +472,9 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_logits = grad_logits.to(weight.dtype)
             if needs_hidden:
                 grad_hidden[start : start + chunk] = grad_logits @ weight
-            if needs_weight:
+            if needs_weight and grad_logits.dtype == chunk_hidden.dtype == torch.float32:
+                grad_weight.addmm_(grad_logits.T, chunk_hidden)  # sums inside the matmul: no (vocab, hidden) temporary
+            elif needs_weight:  # half precision or autocast: half-precision matmul, float32 sum
                 grad_weight += grad_logits.T @ chunk_hidden
             if needs_bias:
                 grad_bias += grad_logits.sum(0)
