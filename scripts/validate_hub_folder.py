@@ -72,7 +72,9 @@ def check_logits(folder: Path, expected_path: Path, task: str):
 
 
 def check_pipeline(folder: Path, task: str):
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    # trust_remote_code: without the package, AutoTokenizer reads config.json, whose model type only the folder's
+    # code defines.
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     model = getattr(transformers, MAIN_AUTO_CLASS[task]).from_pretrained(folder, trust_remote_code=True)
     pipe = transformers.pipeline(PIPELINES[task], model=model, tokenizer=tokenizer)
     if task == "clm":
