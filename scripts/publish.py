@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None, api: HfApi | None = None) -> Path:
     """Publish; returns the staged folder. `api` replaces the Hub client (tests use one that records calls)."""
     args = parse_args(argv)
     summary, token = check_inputs(args)
-    staged = stage(args, summary)
-    validate(staged, summary["task"])
+    staged, model = stage(args, summary)
+    validate(staged, model, summary["task"])
     if args.dry_run:
         print(f"Dry run: {staged} is ready to upload to {args.repo_id}:")
         for path in sorted(p for p in staged.rglob("*") if p.is_file()):
@@ -115,8 +115,11 @@ def check_inputs(args: argparse.Namespace) -> tuple[dict, str | None]:
     return summary, token
 
 
-def stage(args: argparse.Namespace, summary: dict) -> Path:
-    """Write the repository folder under a temporary name, then rename it: a crash leaves no half-written folder."""
+def stage(args: argparse.Namespace, summary: dict) -> tuple[Path, torch.nn.Module]:
+    """Write the repository folder under a temporary name, then rename it: a crash leaves no half-written folder.
+
+    Returns the folder and the model loaded from the training output, which validation compares the folder against.
+    """
     final = Path(args.staging_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
@@ -133,7 +136,7 @@ def stage(args: argparse.Namespace, summary: dict) -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     print(f"Staged {final}")
-    return final
+    return final, model
 
 
 def render_card(args: argparse.Namespace, summary: dict, model: torch.nn.Module, loss_plot: str | None) -> ModelCard:
@@ -198,9 +201,10 @@ def plot_losses(log_path: Path, out_path: Path) -> bool:
     return True
 
 
-def validate(staged: Path, task: str):
-    """Reload the staged folder as a stranger would, in a fresh offline process without this package."""
-    model = TASKS[task]["auto_class"].from_pretrained(staged).eval()
+def validate(staged: Path, model: torch.nn.Module, task: str):
+    """Reload the staged folder as a stranger would, in a fresh offline process without this package, and compare
+    its logits with `model`'s, the training output loaded in this process."""
+    model.eval()
     input_ids = torch.arange(min(12, model.config.max_position_embeddings)).unsqueeze(0) % model.config.vocab_size
     with torch.no_grad():
         logits = model(input_ids).logits

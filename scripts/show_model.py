@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None):
     model_dir = Path(args.model_dir)
     summary_path = model_dir / "training_summary.json"
     if not summary_path.is_file():
-        raise ValueError(f"{args.model_dir!r} has no training_summary.json; pass the output of of scripts/train.py.")
+        raise ValueError(f"{args.model_dir!r} has no training_summary.json; pass the output of scripts/train.py.")
     summary = json.loads(summary_path.read_text())
     causal = summary["task"] == "clm"
     model = (AutoModelForCausalLM if causal else AutoModelForMaskedLM).from_pretrained(model_dir)

@@ -121,7 +121,7 @@ def test_validation_catches_a_staged_model_that_computes_something_else(tmp_path
     assert "self.scaling = self.head_dim**-0.5" in source
     modeling.write_text(source.replace("self.scaling = self.head_dim**-0.5", "self.scaling = 1.0"))
     with pytest.raises(publish.ValidationError, match="logits differ"):
-        publish.validate(staged, "clm")
+        publish.validate(staged, MiniTransformerForCausalLM.from_pretrained(tmp_path / "run"), "clm")
 
 
 @pytest.mark.parametrize(
