@@ -11,6 +11,7 @@ from .modeling_minitransformer import (
     AUTO_CLASS_NAMES,
     MiniTransformerForCausalLM,
     MiniTransformerForMaskedLM,
+    MiniTransformerForSeq2SeqLM,
     MiniTransformerForSequenceClassification,
     MiniTransformerForTokenClassification,
     MiniTransformerModel,
@@ -35,4 +36,5 @@ __all__ = [
     "MiniTransformerForCausalLM",
     "MiniTransformerForSequenceClassification",
     "MiniTransformerForTokenClassification",
+    "MiniTransformerForSeq2SeqLM",
 ]

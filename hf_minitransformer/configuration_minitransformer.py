@@ -44,7 +44,10 @@ class MiniTransformerConfig(PreTrainedConfig):
     # Sizes: Vaswani et al. Table 3, base model (d_model 512, h 8, d_ff 2048, N 6).
     vocab_size: int = 32000  # number of token ids the embedding table holds
     hidden_size: int = 512  # d_model
-    num_hidden_layers: int = 6  # N, the depth of the stack
+    num_hidden_layers: int = 6  # N, the depth of the stack (of the encoder, in an encoder-decoder model)
+    # Depth of the decoder stack of MiniTransformerForSeq2SeqLM (None: num_hidden_layers). BART's name for it, which
+    # transformers' generation reads to size the decoder's KV cache.
+    decoder_layers: int | None = None
     num_attention_heads: int = 8  # h; each head has d_k = d_v = hidden_size / h
     intermediate_size: int = 2048  # d_ff, the inner size of the position-wise feed-forward
     max_position_embeddings: int = 512  # longest sequence for "sinusoidal" and "learned" positions
@@ -53,6 +56,9 @@ class MiniTransformerConfig(PreTrainedConfig):
     position_embedding_type: str = "sinusoidal"  # "sinusoidal" (paper §3.5) | "learned" | "rotary" (RoFormer)
     layer_norm_position: str = "post"  # "post": LayerNorm(x + Sublayer(x)), the paper | "pre": x + Sublayer(LN(x))
     is_decoder: bool = False  # False: bidirectional self-attention (encoder); True: causal self-attention
+    # True for MiniTransformerForSeq2SeqLM (it sets it): an encoder stack, then a decoder stack whose layers add
+    # cross-attention over the encoder output (paper §3.1, Figure 1).
+    is_encoder_decoder: bool = False
     scale_embeddings: bool = True  # multiply token embeddings by sqrt(d_model) (paper §3.4)
     attention_bias: bool = False  # the paper's Q = X W_Q, K = X W_K, V = X W_V, W_O have no bias
     rope_parameters: RopeParameters | dict | None = None  # rotary settings, used when position_embedding_type="rotary"
@@ -68,7 +74,10 @@ class MiniTransformerConfig(PreTrainedConfig):
     pad_token_id: int | None = 0
     bos_token_id: int | None = 1
     eos_token_id: int | list[int] | None = 2
-    tie_word_embeddings: bool = True  # paper §3.4: the output projection shares the embedding matrix
+    decoder_start_token_id: int | None = None  # first decoder input of a seq2seq model; None: bos_token_id
+    # Paper §3.4: the output projection shares the embedding matrix; in an encoder-decoder model the source and target
+    # embeddings share it too (False: each is a matrix of its own).
+    tie_word_embeddings: bool = True
     # What the language-model heads project when `labels` are given (without labels, always every position). Same loss
     # and gradients either way: "all" (batch, seq, vocab) logits | "labelled": only the positions the loss scores,
     # (labelled, vocab), as ModernBERT's `sparse_prediction` | "none": the loss is fused with the projection chunk by
@@ -79,6 +88,10 @@ class MiniTransformerConfig(PreTrainedConfig):
         # Checked here rather than in `validate_architecture`, which @strict wraps in a non-ValueError: users catch
         # ValueError, and this runs both for `MiniTransformerConfig(...)` and for `from_pretrained` of a config.json.
         self._check_values()
+        if self.decoder_layers is None:
+            self.decoder_layers = self.num_hidden_layers
+        if self.decoder_start_token_id is None:
+            self.decoder_start_token_id = self.bos_token_id
         super().__post_init__(**kwargs)
 
     @property
@@ -86,9 +99,11 @@ class MiniTransformerConfig(PreTrainedConfig):
         return self.hidden_size // self.num_attention_heads
 
     def _check_values(self):
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                     "max_position_embeddings"):
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "decoder_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings"):
             value = getattr(self, name)
+            if value is None and name == "decoder_layers":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         if self.hidden_size % self.num_attention_heads != 0:

@@ -7,9 +7,12 @@ Data flow of the default configuration (the source document, equation for equati
     MultiHead(X) = Concat(head_1 .. head_h) W_O,   head_i = softmax(Q_i K_i^T / sqrt(d_k)) V_i,
     Q_i = X W_Q^i,  K_i = X W_K^i,  V_i = X W_V^i,  FFN(Z) = ReLU(Z W_1 + b_1) W_2 + b_2
 
-Variants (pre-LN, GELU, learned or rotary positions, causal self-attention) are values of config fields.
+Variants (pre-LN, GELU, learned or rotary positions, causal self-attention) are values of config fields. The
+encoder-decoder model of the paper's Figure 1 (MiniTransformerForSeq2SeqLM) stacks the same layers twice: the decoder's
+self-attention is masked, and each decoder layer adds cross-attention over the encoder output.
 """
 
+import copy
 import math
 from collections.abc import Callable
 
@@ -17,15 +20,17 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.generation import GenerationMixin
 from transformers.loss.loss_utils import fixed_cross_entropy
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
-    BaseModelOutputWithPast,
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
     CausalLMOutputWithPast,
     MaskedLMOutput,
+    Seq2SeqLMOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
@@ -35,9 +40,10 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_minitransformer import MiniTransformerConfig
+from .pipelines_minitransformer import CUSTOM_PIPELINES  # imported here, `save_pretrained` copies the file too
 
 
 logger = logging.get_logger(__name__)
@@ -50,6 +56,7 @@ AUTO_CLASS_NAMES = {
     "AutoModelForCausalLM": "MiniTransformerForCausalLM",
     "AutoModelForSequenceClassification": "MiniTransformerForSequenceClassification",
     "AutoModelForTokenClassification": "MiniTransformerForTokenClassification",
+    "AutoModelForSeq2SeqLM": "MiniTransformerForSeq2SeqLM",
 }
 
 
@@ -162,18 +169,24 @@ def eager_attention_forward(
 
 
 class MiniTransformerAttention(nn.Module):
-    """Multi-head scaled dot-product self-attention with output projection W_O (Vaswani et al. §3.2.2)."""
+    """Multi-head scaled dot-product attention with output projection W_O (Vaswani et al. §3.2.2).
 
-    # Notation: batch | seq: query length | kv_len: cached + new key length | heads: h | head_dim: d_k = d_model / h
+    Self-attention, or, with `is_cross_attention`, the decoder's encoder-decoder attention (§3.2.3): queries from the
+    decoder, keys and values from the encoder output.
+    """
 
-    def __init__(self, config: MiniTransformerConfig, layer_idx: int):
+    # Notation: batch | seq: query length | kv_len: cached + new key length (source length for cross-attention)
+    # | heads: h | head_dim: d_k = d_model / h
+
+    def __init__(self, config: MiniTransformerConfig, layer_idx: int, is_cross_attention: bool = False):
         super().__init__()
         self.config = config
         self.layer_idx = layer_idx
         self.head_dim = config.head_dim
         self.scaling = self.head_dim**-0.5  # 1 / sqrt(d_k)
         self.attention_dropout = config.attention_dropout
-        self.is_causal = config.is_decoder
+        self.is_cross_attention = is_cross_attention
+        self.is_causal = config.is_decoder and not is_cross_attention
         # The h per-head W_Q^i (d_model x d_k) are stored side by side as one d_model x d_model matrix, and so on.
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
@@ -186,22 +199,26 @@ class MiniTransformerAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: Cache | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]  # (batch, seq)
         hidden_shape = (*input_shape, -1, self.head_dim)  # (batch, seq, heads, head_dim)
 
         query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (batch, heads, seq, head_dim)
-        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (batch, heads, seq, head_dim)
-        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (batch, heads, seq, head_dim)
-
-        if position_embeddings is not None:
-            cos, sin = position_embeddings
-            query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
-
-        if cache is not None:
-            # (batch, heads, kv_len, head_dim): this step's keys and values appended to the cached ones
-            key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
+        if self.is_cross_attention:
+            key_states, value_states = self.encoder_keys_values(encoder_hidden_states, cache)
+        else:
+            key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (batch, heads, seq, head_dim)
+            value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (batch, heads, seq, hd)
+            if position_embeddings is not None:
+                cos, sin = position_embeddings
+                query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+            if isinstance(cache, EncoderDecoderCache):
+                cache = cache.self_attention_cache
+            if cache is not None:
+                # (batch, heads, kv_len, head_dim): this step's keys and values appended to the cached ones
+                key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -220,6 +237,21 @@ class MiniTransformerAttention(nn.Module):
         attn_output = self.o_proj(attn_output)
         return attn_output, attn_weights
 
+    def encoder_keys_values(
+        self, encoder_hidden_states: torch.Tensor, cache: EncoderDecoderCache | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K = encoder output W_K, V = encoder output W_V: computed at the first decoding step, then read back."""
+        if cache is not None and cache.is_updated.get(self.layer_idx):
+            layer = cache.cross_attention_cache.layers[self.layer_idx]
+            return layer.keys, layer.values
+        kv_shape = (*encoder_hidden_states.shape[:-1], -1, self.head_dim)  # (batch, source, heads, head_dim)
+        key_states = self.k_proj(encoder_hidden_states).view(kv_shape).transpose(1, 2)  # (batch, heads, source, hd)
+        value_states = self.v_proj(encoder_hidden_states).view(kv_shape).transpose(1, 2)  # (batch, heads, source, hd)
+        if cache is not None:
+            key_states, value_states = cache.cross_attention_cache.update(key_states, value_states, self.layer_idx)
+            cache.is_updated[self.layer_idx] = True
+        return key_states, value_states
+
 
 class MiniTransformerFeedForward(nn.Module):
     """Position-wise feed-forward: FFN(x) = act(x W_1 + b_1) W_2 + b_2 (Vaswani et al. §3.3)."""
@@ -235,13 +267,21 @@ class MiniTransformerFeedForward(nn.Module):
 
 
 class MiniTransformerLayer(GradientCheckpointingLayer):
-    """One block: self-attention then feed-forward, each wrapped in dropout, a residual add and a LayerNorm."""
+    """One block: self-attention then feed-forward, each wrapped in dropout, a residual add and a LayerNorm.
+
+    In the decoder of an encoder-decoder model (`config.is_decoder` and `config.is_encoder_decoder`), cross-attention
+    over the encoder output sits between the two, with its own residual and LayerNorm (paper §3.1).
+    """
 
     def __init__(self, config: MiniTransformerConfig, layer_idx: int):
         super().__init__()
         self.pre_norm = config.layer_norm_position == "pre"
         self.self_attn = MiniTransformerAttention(config, layer_idx)
         self.attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.cross_attn = self.cross_attn_layer_norm = None
+        if config.is_decoder and config.is_encoder_decoder:
+            self.cross_attn = MiniTransformerAttention(config, layer_idx, is_cross_attention=True)
+            self.cross_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.feed_forward = MiniTransformerFeedForward(config)
         self.ffn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         # Vaswani et al. §5.4: dropout on each sub-layer's output, before the residual add.
@@ -251,6 +291,8 @@ class MiniTransformerLayer(GradientCheckpointingLayer):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
@@ -261,11 +303,24 @@ class MiniTransformerLayer(GradientCheckpointingLayer):
                 self.attn_layer_norm(hidden_states), attention_mask, position_embeddings, cache, **kwargs
             )
             hidden_states = hidden_states + self.dropout(attn_output)
+            if self.cross_attn is not None:
+                attn_output, _ = self.cross_attn(
+                    self.cross_attn_layer_norm(hidden_states), encoder_attention_mask, None, cache,
+                    encoder_hidden_states=encoder_hidden_states, **kwargs,
+                )
+                hidden_states = hidden_states + self.dropout(attn_output)
             return hidden_states + self.dropout(self.feed_forward(self.ffn_layer_norm(hidden_states)))
 
         # Self Attention: Z = LayerNorm(X + MultiHead(X))
         attn_output, _ = self.self_attn(hidden_states, attention_mask, position_embeddings, cache, **kwargs)
         hidden_states = self.attn_layer_norm(hidden_states + self.dropout(attn_output))
+        if self.cross_attn is not None:
+            # Cross Attention: LayerNorm(Z + MultiHead(Q = Z, K = V = encoder output))
+            attn_output, _ = self.cross_attn(
+                hidden_states, encoder_attention_mask, None, cache, encoder_hidden_states=encoder_hidden_states,
+                **kwargs,
+            )
+            hidden_states = self.cross_attn_layer_norm(hidden_states + self.dropout(attn_output))
         # Feed Forward: LayerNorm(Z + FFN(Z))
         hidden_states = self.ffn_layer_norm(hidden_states + self.dropout(self.feed_forward(hidden_states)))
         return hidden_states
@@ -281,7 +336,8 @@ class MiniTransformerPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_record_outputs = {
         "hidden_states": MiniTransformerLayer,
-        "attentions": MiniTransformerAttention,
+        "attentions": OutputRecorder(MiniTransformerAttention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(MiniTransformerAttention, index=1, layer_name="cross_attn"),
     }
 
     @torch.no_grad()
@@ -302,7 +358,11 @@ class MiniTransformerPreTrainedModel(PreTrainedModel):
 
 
 class MiniTransformerModel(MiniTransformerPreTrainedModel):
-    """The bare stack: embeddings + positions, N layers, and (pre-LN only) a final LayerNorm."""
+    """The bare stack: embeddings + positions, N layers, and (pre-LN only) a final LayerNorm.
+
+    It is also each half of MiniTransformerForSeq2SeqLM: the encoder, and the decoder whose layers cross-attend to
+    `encoder_hidden_states`.
+    """
 
     def __init__(self, config: MiniTransformerConfig):
         super().__init__(config)
@@ -337,30 +397,44 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> BaseModelOutputWithPast:
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
         r"""
         Args:
             input_ids: (batch, seq) token ids in [0, vocab_size). Give either these or `inputs_embeds`.
             attention_mask: (batch, cached + seq) with 1 for tokens to attend to and 0 for padding, or a prepared
                 4D mask (batch, 1, seq, kv_len).
             position_ids: (batch, seq) positions; defaults to cached length + arange(seq).
-            cache: a transformers `Cache` of earlier keys and values (causal models only).
+            cache: a transformers `Cache` of earlier keys and values (causal models only; an `EncoderDecoderCache`
+                for the decoder of an encoder-decoder model).
             inputs_embeds: (batch, seq, hidden) raw token embeddings, as `get_input_embeddings()` returns them;
                 the sqrt(d_model) scale and the positions are applied here.
+            encoder_hidden_states: (batch, source, hidden) the encoder output that a decoder stack cross-attends to.
+            encoder_attention_mask: (batch, source) with 0 for source padding.
 
         Returns:
-            `BaseModelOutputWithPast` with `last_hidden_state` (batch, seq, hidden) and, for causal models with
-            `use_cache`, the `cache`.
+            `BaseModelOutputWithPastAndCrossAttentions` with `last_hidden_state` (batch, seq, hidden) and, for causal
+            models with `use_cache`, the `cache`.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        has_cross_attention = self.config.is_decoder and self.config.is_encoder_decoder
+        if has_cross_attention != (encoder_hidden_states is not None):
+            raise ValueError(
+                "`encoder_hidden_states` are needed by, and only by, the decoder stack of an encoder-decoder model; "
+                f"this stack has is_decoder={self.config.is_decoder}, is_encoder_decoder="
+                f"{self.config.is_encoder_decoder} and got encoder_hidden_states={encoder_hidden_states is not None}."
+            )
         if inputs_embeds is None:
             self._check_token_ids(input_ids)
             inputs_embeds = self.embeddings.token_embeddings(input_ids)
 
         if use_cache and cache is None and self.config.is_decoder:
             cache = DynamicCache(config=self.config)
+            if has_cross_attention:
+                cache = EncoderDecoderCache(cache, DynamicCache(config=self.config))
         past_seen_tokens = cache.get_seq_length() if cache is not None else 0
         seq_length = inputs_embeds.shape[1]
         if position_ids is None:
@@ -369,18 +443,28 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
         self._check_positions(position_ids, past_seen_tokens + seq_length)
         self._check_attention_mask(attention_mask, inputs_embeds.shape[0], seq_length, past_seen_tokens)
 
-        mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache)
+        self_attention_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+        mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
         if self.config.is_decoder:
-            attention_mask = create_causal_mask(**mask_kwargs, position_ids=position_ids)
+            attention_mask = create_causal_mask(**mask_kwargs, cache=self_attention_cache, position_ids=position_ids)
         else:
-            attention_mask = create_bidirectional_mask(**mask_kwargs)
+            attention_mask = create_bidirectional_mask(**mask_kwargs, cache=cache)
+        if has_cross_attention:
+            encoder_attention_mask = create_bidirectional_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=encoder_attention_mask,
+                encoder_hidden_states=encoder_hidden_states,
+            )
 
         hidden_states = self.embeddings(inputs_embeds, position_ids)
         position_embeddings = self.rotary_emb(hidden_states, position_ids) if self.rotary_emb is not None else None
         for layer in self.layers:
             hidden_states = layer(
                 hidden_states,
-                attention_mask=attention_mask,
+                attention_mask,
+                encoder_hidden_states,  # positional, so that gradient checkpointing passes its gradient back
+                encoder_attention_mask=encoder_attention_mask,
                 position_embeddings=position_embeddings,
                 cache=cache,
                 position_ids=position_ids,
@@ -388,7 +472,9 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
             )
         if self.final_layer_norm is not None:
             hidden_states = self.final_layer_norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden_states, cache=cache if use_cache else None
+        )
 
     # Input checks: an index error deep inside an embedding lookup (or a CUDA assert) tells the user nothing.
     # They read tensor values, so they are skipped while torch.compile traces the model.
@@ -636,6 +722,136 @@ class MiniTransformerForCausalLM(MiniTransformerPreTrainedModel, GenerationMixin
         )
 
 
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Teacher forcing: decoder inputs (start, y_1, .., y_n-1) for targets (y_1, .., y_n); -100 becomes pad."""
+    decoder_input_ids = labels.new_full(labels.shape, decoder_start_token_id)
+    decoder_input_ids[..., 1:] = labels[..., :-1]
+    return decoder_input_ids.masked_fill(decoder_input_ids == -100, pad_token_id)
+
+
+class MiniTransformerForSeq2SeqLM(MiniTransformerPreTrainedModel, GenerationMixin):
+    """The encoder-decoder Transformer of the paper's Figure 1: translation, summarisation, any text-to-text task.
+
+    source -> encoder (bidirectional self-attention) ; target -> decoder (masked self-attention, cross-attention over
+    the encoder output, feed-forward) -> projection onto the vocabulary, which shares the embedding matrix of source
+    and target tokens when `config.tie_word_embeddings` (paper §3.4).
+    """
+
+    _tied_weights_keys = {
+        "decoder.embeddings.token_embeddings.weight": "encoder.embeddings.token_embeddings.weight",
+        "lm_head.weight": "encoder.embeddings.token_embeddings.weight",
+    }
+
+    def __init__(self, config: MiniTransformerConfig):
+        if config.is_decoder or not config.is_encoder_decoder:
+            logger.info("MiniTransformerForSeq2SeqLM sets `config.is_encoder_decoder=True` and `is_decoder=False`.")
+            config.is_encoder_decoder, config.is_decoder = True, False
+        # transformers 5 dropped these two tasks; `pipeline(task, ...)` finds them here (pipelines_minitransformer.py).
+        config.custom_pipelines = {**CUSTOM_PIPELINES, **(getattr(config, "custom_pipelines", None) or {})}
+        super().__init__(config)
+        # As T5 does, each stack reads a copy of the config that differs in attention direction and depth only.
+        encoder_config = copy.deepcopy(config)
+        encoder_config.use_cache = False
+        decoder_config = copy.deepcopy(config)
+        decoder_config.is_decoder = True
+        decoder_config.num_hidden_layers = config.decoder_layers
+        self.encoder = MiniTransformerModel(encoder_config)
+        self.decoder = MiniTransformerModel(decoder_config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        # The labels are already aligned with the decoder outputs (the decoder inputs are the shifted ones), so the
+        # loss is the unshifted token cross-entropy of the masked-LM heads.
+        self.loss_type = "ForMaskedLM"
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.encoder.set_input_embeddings(value)
+        if self.config.tie_word_embeddings:
+            self.decoder.set_input_embeddings(value)
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if not self.config.tie_word_embeddings:  # the target embeddings are a matrix of their own
+            self.decoder.resize_token_embeddings(embeddings.num_embeddings, mean_resizing=mean_resizing)
+        for stack in (self.encoder, self.decoder):  # their config copies check token ids against the vocabulary
+            stack.config.vocab_size = self.config.vocab_size
+        return embeddings
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """What DataCollatorForSeq2Seq calls to build `decoder_input_ids` when it pads a batch."""
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> Seq2SeqLMOutput:
+        r"""
+        input_ids / attention_mask: (batch, source) source tokens and their padding mask (1 real, 0 pad).
+        decoder_input_ids: (batch, target) decoder inputs; by default `labels` shifted right behind
+            `config.decoder_start_token_id`.
+        encoder_outputs: the encoder's output, to skip re-encoding (what `generate` passes at every step).
+        labels: (batch, target) target ids, -100 to ignore; position t is scored on predicting labels[t].
+        Returns `Seq2SeqLMOutput` with `logits` (batch, target, vocab), the `EncoderDecoderCache` and the encoder's
+        last hidden state; with `labels`, `config.logits_with_loss` can ask for fewer logits (as in the LM heads).
+        """
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+            )
+        elif isinstance(encoder_outputs, tuple):  # from a `return_dict=False` encoder call: its first item is needed
+            encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
+        if labels is not None:
+            use_cache = False  # teacher forcing sees the whole target at once: nothing to cache
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        decoder_outputs = self.decoder(
+            decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            cache=cache,
+            inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=attention_mask,
+            **kwargs,
+        )
+        hidden_states = decoder_outputs.last_hidden_state
+        if labels is None or self.config.logits_with_loss == "all":
+            logits = self.lm_head(hidden_states)
+            loss = None
+            if labels is not None:
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        else:
+            mode, num_items = self.config.logits_with_loss, kwargs.get("num_items_in_batch")
+            logits, loss = lm_loss_with_fewer_logits(self.lm_head, hidden_states, labels, mode, num_items)
+        return Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=decoder_outputs.cache,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+
+
 class MiniTransformerForSequenceClassification(MiniTransformerPreTrainedModel):
     """Pools the sequence (`config.classifier_pooling`) and classifies it; regression, single- or multi-label."""
 
@@ -736,4 +952,5 @@ __all__ = [
     "MiniTransformerForCausalLM",
     "MiniTransformerForSequenceClassification",
     "MiniTransformerForTokenClassification",
+    "MiniTransformerForSeq2SeqLM",
 ]

@@ -5,6 +5,7 @@ from torch import nn
 from hf_minitransformer import (
     MiniTransformerForCausalLM,
     MiniTransformerForMaskedLM,
+    MiniTransformerForSeq2SeqLM,
     MiniTransformerForSequenceClassification,
     MiniTransformerForTokenClassification,
     MiniTransformerModel,
@@ -244,7 +245,7 @@ def _loss_grads_logits(head, mode, input_ids, labels, **overrides):
     return out.loss.detach(), {name: param.grad for name, param in model.named_parameters()}, out.logits
 
 
-@pytest.mark.parametrize("head", [MiniTransformerForCausalLM, MiniTransformerForMaskedLM])
+@pytest.mark.parametrize("head", [MiniTransformerForCausalLM, MiniTransformerForMaskedLM, MiniTransformerForSeq2SeqLM])
 @pytest.mark.parametrize("mode", ["labelled", "none"])
 @pytest.mark.parametrize("tied", [True, False])
 def test_fewer_logits_give_the_same_loss_and_gradients(head, mode, tied, monkeypatch):
@@ -262,7 +263,7 @@ def test_fewer_logits_give_the_same_loss_and_gradients(head, mode, tied, monkeyp
         torch.testing.assert_close(fewer_grads[name], grad, msg=name)
     if mode == "none":
         assert fewer_logits is None
-    else:  # the logits of the positions the loss scores, in order
+    else:  # the logits of the positions the loss scores, in order (seq2seq: the decoder's, aligned with labels)
         scored_labels = labels[:, 1:] if head is MiniTransformerForCausalLM else labels
         scored_logits = logits[:, :-1] if head is MiniTransformerForCausalLM else logits
         torch.testing.assert_close(fewer_logits, scored_logits[scored_labels != -100])

@@ -18,8 +18,7 @@ from .conftest import make_config, run_python
 
 
 PACKAGE_DIR = Path(hf_minitransformer.__file__).parent
-CODE_FILES = ("configuration_minitransformer.py", "modeling_minitransformer.py")
-TIED = {"lm_head.weight": "model.embeddings.token_embeddings.weight"}
+CODE_FILES = ("configuration_minitransformer.py", "modeling_minitransformer.py", "pipelines_minitransformer.py")
 
 
 def example_inputs() -> dict[str, torch.Tensor]:
@@ -31,10 +30,16 @@ def example_inputs() -> dict[str, torch.Tensor]:
 
 
 def model_output(model, inputs) -> torch.Tensor:
-    """What each head is for: hidden states of the bare model, logits of the others."""
+    """What each head is for: hidden states of the bare model, logits of the others (seq2seq: for 4 target tokens)."""
+    if model.config.is_encoder_decoder:
+        inputs = {**inputs, "decoder_input_ids": inputs["input_ids"][:, :4]}
     with torch.no_grad():
         out = model(**inputs)
     return out.last_hidden_state if isinstance(model, hf_minitransformer.MiniTransformerModel) else out.logits
+
+
+def tied_keys(model) -> dict[str, str]:
+    return type(model)._tied_weights_keys or {}
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +56,17 @@ def saved(tmp_path_factory) -> dict[str, tuple[Path, torch.nn.Module, torch.Tens
     return heads
 
 
-def assert_matches_checkpoint(state_dict: dict[str, torch.Tensor], folder: Path, prefix: str = ""):
+def assert_matches_checkpoint(state_dict: dict[str, torch.Tensor], folder: Path, tied: dict[str, str],
+                              prefix: str = ""):
     """Every saved tensor under `prefix` is loaded bit for bit; a state-dict key absent from the file must be tied."""
     checkpoint = load_file(folder / "model.safetensors")
-    saved_tensors = {key.removeprefix(prefix): value for key, value in checkpoint.items() if key.startswith(prefix)}
-    assert saved_tensors.keys() <= state_dict.keys()
-    for key, value in saved_tensors.items():
+    checkpoint = {key.removeprefix(prefix): value for key, value in checkpoint.items() if key.startswith(prefix)}
+    assert checkpoint.keys() <= state_dict.keys()
+    for key, value in checkpoint.items():
         assert torch.equal(state_dict[key], value), key
-    for key in state_dict.keys() - saved_tensors.keys():
-        assert key in TIED, f"{key} is neither saved nor tied"
-        assert torch.equal(state_dict[key], state_dict[TIED[key]])
+    for key in state_dict.keys() - checkpoint.keys():
+        assert key in tied, f"{key} is neither saved nor tied"
+        assert torch.equal(state_dict[key], state_dict[tied[key]])
 
 
 @pytest.mark.parametrize("auto_name", AUTO_CLASS_NAMES)
@@ -94,7 +100,7 @@ def test_round_trip_through_auto_class_is_bit_identical(saved, auto_name):
     assert loaded_state.keys() == model.state_dict().keys()
     for key, value in model.state_dict().items():
         assert torch.equal(loaded_state[key], value), key
-    assert_matches_checkpoint(loaded_state, folder)
+    assert_matches_checkpoint(loaded_state, folder, tied_keys(model))
     assert torch.equal(model_output(loaded, example_inputs()), expected)
 
 
@@ -232,8 +238,11 @@ for key, (auto_name, folder) in {**{k: (k, f) for k, f in folders.items()},
                                  "AutoModel<-MaskedLM": ("AutoModel", folders["AutoModelForMaskedLM"])}.items():
     model, info = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=True,
                                                                    output_loading_info=True)
+    model_inputs = dict(inputs)
+    if model.config.is_encoder_decoder:
+        model_inputs["decoder_input_ids"] = inputs["input_ids"][:, :4]
     with torch.no_grad():
-        out = model(**inputs)
+        out = model(**model_inputs)
     results[key] = dict(
         module=type(model).__module__,
         config_module=type(model.config).__module__,
@@ -263,7 +272,7 @@ def test_remote_code_round_trip_without_the_package(saved, tmp_path):
     body_of_mlm = results.pop("AutoModel<-MaskedLM")
     assert body_of_mlm["module"].startswith("transformers_modules.")
     assert body_of_mlm["missing"] == [] and body_of_mlm["unexpected"] == ["lm_head.bias"]  # the head is dropped
-    assert_matches_checkpoint(body_of_mlm["state_dict"], saved["AutoModelForMaskedLM"][0], prefix="model.")
+    assert_matches_checkpoint(body_of_mlm["state_dict"], saved["AutoModelForMaskedLM"][0], {}, prefix="model.")
 
     assert results.keys() == AUTO_CLASS_NAMES.keys()
     for auto_name, loaded in results.items():
@@ -273,7 +282,7 @@ def test_remote_code_round_trip_without_the_package(saved, tmp_path):
         assert loaded["module"].endswith(".modeling_minitransformer")
         assert loaded["config_module"].startswith("transformers_modules."), loaded["config_module"]
         assert loaded["missing"] == loaded["unexpected"] == [], auto_name
-        assert_matches_checkpoint(loaded["state_dict"], folder)
+        assert_matches_checkpoint(loaded["state_dict"], folder, tied_keys(model))
         assert loaded["state_dict"].keys() == model.state_dict().keys()
         # Same weights, same CPU kernels: only a different thread split could move the last bits.
         torch.testing.assert_close(loaded["output"], expected, rtol=1e-6, atol=1e-6)
@@ -282,5 +291,6 @@ def test_remote_code_round_trip_without_the_package(saved, tmp_path):
     assert json.loads((resaved / "config.json").read_text())["auto_map"].keys() == {"AutoConfig", *AUTO_CLASS_NAMES}
     for name in CODE_FILES:
         assert filecmp.cmp(resaved / name, PACKAGE_DIR / name, shallow=False), name
-    assert_matches_checkpoint(results["AutoModelForCausalLM"]["state_dict"], resaved)
+    assert_matches_checkpoint(results["AutoModelForCausalLM"]["state_dict"], resaved,
+                              tied_keys(saved["AutoModelForCausalLM"][1]))
     assert load_file(resaved / "model.safetensors").keys() == load_file(original / "model.safetensors").keys()
