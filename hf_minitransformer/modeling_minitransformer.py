@@ -48,8 +48,9 @@ from .pipelines_minitransformer import CUSTOM_PIPELINES  # imported here, `save_
 
 logger = logging.get_logger(__name__)
 
-# Every head with its Auto class. Saved configs name them all in `auto_map`, so one folder serves each
-# `AutoModelFor...` through `trust_remote_code=True` whichever head wrote it.
+# Every head with its Auto class. A saved config names in `auto_map` all the heads its weights serve, so one folder
+# serves each `AutoModelFor...` through `trust_remote_code=True` whichever head wrote it: the five heads of one stack
+# share the body `model.*`; an encoder-decoder checkpoint (two stacks) serves AutoModelForSeq2SeqLM only.
 AUTO_CLASS_NAMES = {
     "AutoModel": "MiniTransformerModel",
     "AutoModelForMaskedLM": "MiniTransformerForMaskedLM",
@@ -352,7 +353,10 @@ class MiniTransformerPreTrainedModel(PreTrainedModel):
         # transformers writes `auto_map` only for the class being saved; add the other heads, keeping any entry
         # already there (a model loaded from the Hub carries "repo--module.Class" references).
         module = self.__class__.__module__.rsplit(".", 1)[-1]
-        defaults = {auto: f"{module}.{name}" for auto, name in AUTO_CLASS_NAMES.items()}
+        defaults = {
+            auto: f"{module}.{name}" for auto, name in AUTO_CLASS_NAMES.items()
+            if (auto == "AutoModelForSeq2SeqLM") == self.config.is_encoder_decoder
+        }
         self.config.auto_map = {**defaults, **(getattr(self.config, "auto_map", None) or {})}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
@@ -661,9 +665,10 @@ class MiniTransformerForCausalLM(MiniTransformerPreTrainedModel, GenerationMixin
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.token_embeddings.weight"}
 
     def __init__(self, config: MiniTransformerConfig):
-        if not config.is_decoder:
-            logger.info("MiniTransformerForCausalLM needs causal self-attention: setting `config.is_decoder=True`.")
-            config.is_decoder = True
+        if not config.is_decoder or config.is_encoder_decoder:
+            logger.info("MiniTransformerForCausalLM is one causal stack: setting `config.is_decoder=True` and "
+                        "`config.is_encoder_decoder=False`.")
+            config.is_decoder, config.is_encoder_decoder = True, False
         super().__init__(config)
         self.model = MiniTransformerModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)

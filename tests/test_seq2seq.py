@@ -10,7 +10,7 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import DataCollatorForSeq2Seq, EncoderDecoderCache, PreTrainedTokenizerFast
 
-from hf_minitransformer import MiniTransformerForSeq2SeqLM
+from hf_minitransformer import MiniTransformerForCausalLM, MiniTransformerForSeq2SeqLM
 from hf_minitransformer.modeling_minitransformer import shift_tokens_right
 from hf_minitransformer.pipelines_minitransformer import (
     MiniTransformerText2TextGenerationPipeline,
@@ -46,6 +46,14 @@ def test_two_stacks_of_their_own_depth_sharing_one_embedding_matrix():
     weights = [untied.encoder.get_input_embeddings().weight, untied.decoder.get_input_embeddings().weight,
                untied.lm_head.weight]
     assert len({w.data_ptr() for w in weights}) == 3
+
+
+def test_single_stack_heads_ignore_an_encoder_decoder_config():
+    config = seq2seq().config  # is_encoder_decoder=True, as saved in a seq2seq checkpoint
+    causal = MiniTransformerForCausalLM(config)
+    assert not causal.config.is_encoder_decoder
+    assert all(layer.cross_attn is None for layer in causal.model.layers)
+    assert causal(torch.randint(3, 99, (1, 5))).logits.shape == (1, 5, 99)
 
 
 @pytest.mark.parametrize("tied", [True, False])
