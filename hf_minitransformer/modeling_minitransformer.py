@@ -543,14 +543,15 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         chunk = max(LOSS_CHUNK_ELEMENTS // vocab, -(-rows // LOSS_MAX_CHUNKS), 1)
         needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if needs_hidden else None
-        # Accumulated over chunks in float32 even for half-precision weights.
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_weight else None
-        grad_bias = torch.zeros(vocab, dtype=torch.float32, device=weight.device) if needs_bias else None
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        # Accumulated over chunks in at least float32 (float64 stays float64), even for half-precision weights.
+        accumulate = torch.promote_types(weight.dtype, torch.float32)
+        grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if needs_weight else None
+        grad_bias = torch.zeros(vocab, dtype=accumulate, device=weight.device) if needs_bias else None
+        total = torch.zeros((), dtype=accumulate, device=hidden.device)
         for start in range(0, rows, chunk):
             chunk_hidden, chunk_labels = hidden[start : start + chunk], labels[start : start + chunk]
             logits = nn.functional.linear(chunk_hidden, weight, bias)  # (chunk, vocab)
-            log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # (chunk, vocab)
+            log_probs = torch.log_softmax(logits, dim=-1, dtype=accumulate)  # (chunk, vocab)
             del logits  # one (chunk, vocab) tensor alive at a time, not two
             scored = (chunk_labels != ignore_index).unsqueeze(1)  # (chunk, 1)
             targets = torch.where(scored.squeeze(1), chunk_labels, 0).unsqueeze(1)  # (chunk, 1)
@@ -562,7 +563,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_logits = grad_logits.to(weight.dtype)
             if needs_hidden:
                 grad_hidden[start : start + chunk] = grad_logits @ weight
-            if needs_weight and grad_logits.dtype == chunk_hidden.dtype == torch.float32:
+            if needs_weight and grad_logits.dtype == chunk_hidden.dtype == accumulate:
                 grad_weight.addmm_(grad_logits.T, chunk_hidden)  # sums inside the matmul: no (vocab, hidden) temporary
             elif needs_weight:  # half precision or autocast: half-precision matmul, float32 sum
                 grad_weight += grad_logits.T @ chunk_hidden
@@ -601,7 +602,8 @@ def lm_loss_with_fewer_logits(
     if logits_with_loss == "labelled":
         scored = labels != ignore_index
         logits = lm_head(hidden_states[scored])  # (labelled, vocab)
-        return logits, fixed_cross_entropy(logits.float(), labels[scored], num_items_in_batch, ignore_index)
+        logits_for_loss = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return logits, fixed_cross_entropy(logits_for_loss, labels[scored], num_items_in_batch, ignore_index)
     hidden_states = hidden_states.reshape(-1, hidden_states.shape[-1])  # (tokens, hidden)
     labels = labels.reshape(-1).to(hidden_states.device)  # (tokens,)
     total = ChunkedLinearCrossEntropy.apply(hidden_states, lm_head.weight, lm_head.bias, labels, ignore_index)

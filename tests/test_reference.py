@@ -2,20 +2,28 @@
 
 The reference below is written from the equations, not from the model: per-head W_Q^i, W_K^i, W_V^i slices,
 softmax(Q_i K_i^T / sqrt(d_k)) V_i for each head separately, Concat, W_O, residual + LayerNorm, FFN. It reads the
-model's weights by name and must reproduce its hidden states to 1e-10 in float64.
+model's weights by name and must reproduce its hidden states to 1e-10 in float64. The encoder-decoder head is held to
+the paper's §3.1-3.5 the same way: a decoder layer adds masked self-attention (query i sees keys j <= i) and
+encoder-decoder attention (queries from the decoder, keys and values from the encoder output), and the output
+projection shares the embedding matrix (§3.4).
 """
 
 import math
 
 import pytest
 import torch
+from torch import nn
+from transformers.modeling_outputs import Seq2SeqLMOutput
 
-from hf_minitransformer import MiniTransformerModel
+from hf_minitransformer import MiniTransformerConfig, MiniTransformerForSeq2SeqLM, MiniTransformerModel
 
 from .conftest import make_config
 
 
-def layer_norm(x, weight, bias, eps):
+Weights = dict[str, torch.Tensor]
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
     mean = x.mean(-1, keepdim=True)
     var = ((x - mean) ** 2).mean(-1, keepdim=True)
     return (x - mean) / torch.sqrt(var + eps) * weight + bias
@@ -29,7 +37,7 @@ ACTIVATIONS = {
 }
 
 
-def positional_encoding(num_positions, d_model):
+def positional_encoding(num_positions: int, d_model: int) -> torch.Tensor:
     pe = torch.empty(num_positions, d_model, dtype=torch.float64)
     for pos in range(num_positions):
         for i in range(0, d_model, 2):
@@ -40,7 +48,7 @@ def positional_encoding(num_positions, d_model):
     return pe
 
 
-def rotate(x, theta_base=10000.0):
+def rotate(x: torch.Tensor, theta_base: float = 10000.0) -> torch.Tensor:
     """RoFormer rotation of (seq, d_k): pair dimension j with j + d_k/2 and turn it by pos * base^(-2j/d_k)."""
     seq, d_k = x.shape
     half = d_k // 2
@@ -54,63 +62,173 @@ def rotate(x, theta_base=10000.0):
     return out
 
 
-def reference_hidden_states(weights, config, tokens, pad_mask=None):
-    """One sequence `tokens` (N,) -> (N, d_model); pad_mask (N,) with 0 for keys that must not be attended to."""
-    d_model, h = config.hidden_size, config.num_attention_heads
-    d_k = d_model // h
-    n = tokens.shape[0]
-    # 1. Data flow: X = embeddings (x sqrt(d_model), paper §3.4), plus positions.
-    x = weights["embeddings.token_embeddings.weight"][tokens]
+def causal_mask(n: int) -> torch.Tensor:
+    """(n, n), True where query i may attend to key j: the decoder's masked self-attention (paper §3.2.3)."""
+    i = torch.arange(n)[:, None]
+    j = torch.arange(n)[None, :]
+    return j <= i
+
+
+def linear(x: torch.Tensor, weights: Weights, name: str) -> torch.Tensor:
+    out = x @ weights[f"{name}.weight"].T
+    bias = weights.get(f"{name}.bias")
+    return out + bias if bias is not None else out
+
+
+def multi_head_attention(
+    q_input: torch.Tensor,
+    kv_input: torch.Tensor,
+    weights: Weights,
+    prefix: str,
+    config: MiniTransformerConfig,
+    mask: torch.Tensor | None = None,
+    rotary: bool = False,
+) -> torch.Tensor:
+    """MultiHead(Q = q_input W_Q, K = kv_input W_K, V = kv_input W_V): (N_q, d), (N_kv, d) -> (N_q, d).
+
+    `mask` (N_q, N_kv) is True where query i may attend to key j; `rotary` turns each head's queries and keys.
+    """
+    h = config.num_attention_heads
+    d_k = config.hidden_size // h
+    heads = []
+    for i in range(h):  # 7. each head has its own W_Q^i, W_K^i, W_V^i
+        rows = slice(i * d_k, (i + 1) * d_k)
+
+        def project(inp: torch.Tensor, name: str) -> torch.Tensor:
+            out = inp @ weights[f"{prefix}.{name}.weight"][rows].T
+            bias = weights.get(f"{prefix}.{name}.bias")
+            return out + bias[rows] if bias is not None else out
+
+        q, k, v = project(q_input, "q_proj"), project(kv_input, "k_proj"), project(kv_input, "v_proj")  # 3.
+        if rotary:
+            q, k = rotate(q), rotate(k)
+        scores = q @ k.T / math.sqrt(d_k)  # 4. Q K^T / sqrt(d_k), (N_q, N_kv)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        heads.append(torch.softmax(scores, dim=-1) @ v)
+    return linear(torch.cat(heads, dim=-1), weights, f"{prefix}.o_proj")  # Concat(head_1..head_h) W_O
+
+
+def feed_forward(z: torch.Tensor, weights: Weights, prefix: str, config: MiniTransformerConfig) -> torch.Tensor:
+    """6. FFN(Z) = act(Z W_1 + b_1) W_2 + b_2."""
+    inner = ACTIVATIONS[config.hidden_act](linear(z, weights, f"{prefix}.fc1"))
+    return linear(inner, weights, f"{prefix}.fc2")
+
+
+def embed(
+    tokens: torch.Tensor, token_embeddings: torch.Tensor, weights: Weights, prefix: str, config: MiniTransformerConfig
+) -> torch.Tensor:
+    """1. Data flow: X = embeddings (x sqrt(d_model), paper §3.4), plus positions (§3.5)."""
+    d_model, n = config.hidden_size, tokens.shape[0]
+    x = token_embeddings[tokens]
     if config.scale_embeddings:
         x = x * math.sqrt(d_model)
     if config.position_embedding_type == "sinusoidal":
         x = x + positional_encoding(n, d_model)
     elif config.position_embedding_type == "learned":
-        x = x + weights["embeddings.position_embeddings.weight"][:n]
-
-    for layer in range(config.num_hidden_layers):
-        w = {k.split(f"layers.{layer}.", 1)[1]: v for k, v in weights.items() if k.startswith(f"layers.{layer}.")}
-
-        def linear(inp, name):
-            out = inp @ w[f"{name}.weight"].T
-            return out + w[f"{name}.bias"] if f"{name}.bias" in w else out
-
-        def attention(inp):
-            heads = []
-            for i in range(h):  # 7. each head has its own W_Q^i, W_K^i, W_V^i
-                rows = slice(i * d_k, (i + 1) * d_k)
-
-                def project(name):
-                    out = inp @ w[f"self_attn.{name}.weight"][rows].T
-                    bias = w.get(f"self_attn.{name}.bias")
-                    return out + bias[rows] if bias is not None else out
-
-                q, k, v = project("q_proj"), project("k_proj"), project("v_proj")  # 3. Q = X W_Q ...
-                if config.position_embedding_type == "rotary":
-                    q, k = rotate(q), rotate(k)
-                scores = q @ k.T / math.sqrt(d_k)  # 4. Q K^T / sqrt(d_k), (N, N)
-                if config.is_decoder:
-                    scores = scores.masked_fill(torch.ones(n, n).triu(1).bool(), float("-inf"))
-                if pad_mask is not None:
-                    scores = scores.masked_fill(~pad_mask.bool()[None, :], float("-inf"))
-                heads.append(torch.softmax(scores, dim=-1) @ v)
-            return linear(torch.cat(heads, dim=-1), "self_attn.o_proj")  # Concat(head_1..head_h) W_O
-
-        def ffn(z):  # 6. FFN(Z) = act(Z W_1 + b_1) W_2 + b_2
-            return linear(ACTIVATIONS[config.hidden_act](linear(z, "feed_forward.fc1")), "feed_forward.fc2")
-
-        def norm(inp, name):
-            return layer_norm(inp, w[f"{name}.weight"], w[f"{name}.bias"], config.layer_norm_eps)
-
-        if config.layer_norm_position == "post":
-            z = norm(x + attention(x), "attn_layer_norm")  # 2./5. residual, then LayerNorm
-            x = norm(z + ffn(z), "ffn_layer_norm")
-        else:
-            x = x + attention(norm(x, "attn_layer_norm"))
-            x = x + ffn(norm(x, "ffn_layer_norm"))
-    if config.layer_norm_position == "pre":
-        x = layer_norm(x, weights["final_layer_norm.weight"], weights["final_layer_norm.bias"], config.layer_norm_eps)
+        x = x + weights[f"{prefix}embeddings.position_embeddings.weight"][:n]
     return x
+
+
+def reference_layer(
+    x: torch.Tensor,
+    weights: Weights,
+    prefix: str,
+    config: MiniTransformerConfig,
+    self_mask: torch.Tensor | None,
+    memory: torch.Tensor | None = None,
+    memory_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One layer; with `memory` (the encoder output) a decoder layer: self-attention, cross-attention, FFN."""
+    rotary = config.position_embedding_type == "rotary"
+
+    def self_attention(z: torch.Tensor) -> torch.Tensor:
+        return multi_head_attention(z, z, weights, f"{prefix}self_attn", config, self_mask, rotary)
+
+    def cross_attention(z: torch.Tensor) -> torch.Tensor:  # §3.2.3: Q from the decoder, K = V = encoder output
+        return multi_head_attention(z, memory, weights, f"{prefix}cross_attn", config, memory_mask)
+
+    def ffn(z: torch.Tensor) -> torch.Tensor:
+        return feed_forward(z, weights, f"{prefix}feed_forward", config)
+
+    sublayers = [(self_attention, "attn_layer_norm")]
+    if memory is not None:
+        sublayers.append((cross_attention, "cross_attn_layer_norm"))
+    sublayers.append((ffn, "ffn_layer_norm"))
+    for sublayer, norm_name in sublayers:
+        norm_weight, norm_bias = weights[f"{prefix}{norm_name}.weight"], weights[f"{prefix}{norm_name}.bias"]
+        if config.layer_norm_position == "post":  # 2./5. LayerNorm(x + Sublayer(x))
+            x = layer_norm(x + sublayer(x), norm_weight, norm_bias, config.layer_norm_eps)
+        else:  # x + Sublayer(LayerNorm(x))
+            x = x + sublayer(layer_norm(x, norm_weight, norm_bias, config.layer_norm_eps))
+    return x
+
+
+def reference_stack(
+    tokens: torch.Tensor,
+    token_embeddings: torch.Tensor,
+    weights: Weights,
+    prefix: str,
+    config: MiniTransformerConfig,
+    num_layers: int,
+    self_mask: torch.Tensor | None,
+    memory: torch.Tensor | None = None,
+    memory_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Embeddings + positions, `num_layers` layers, and (pre-LN only) a final LayerNorm: (N,) -> (N, d_model)."""
+    x = embed(tokens, token_embeddings, weights, prefix, config)
+    for layer in range(num_layers):
+        x = reference_layer(x, weights, f"{prefix}layers.{layer}.", config, self_mask, memory, memory_mask)
+    if config.layer_norm_position == "pre":
+        norm_weight, norm_bias = weights[f"{prefix}final_layer_norm.weight"], weights[f"{prefix}final_layer_norm.bias"]
+        x = layer_norm(x, norm_weight, norm_bias, config.layer_norm_eps)
+    return x
+
+
+def reference_hidden_states(
+    weights: Weights, config: MiniTransformerConfig, tokens: torch.Tensor, pad_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One sequence `tokens` (N,) -> (N, d_model); pad_mask (N,) with 0 for keys that must not be attended to."""
+    n = tokens.shape[0]
+    mask = torch.ones(n, n, dtype=torch.bool)
+    if config.is_decoder:
+        mask = mask & causal_mask(n)
+    if pad_mask is not None:
+        mask = mask & pad_mask.bool()[None, :]
+    token_embeddings = weights["embeddings.token_embeddings.weight"]
+    return reference_stack(tokens, token_embeddings, weights, "", config, config.num_hidden_layers, mask)
+
+
+def reference_seq2seq(
+    weights: Weights, config: MiniTransformerConfig, source: torch.Tensor, decoder_inputs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One unpadded pair, source (S,) and decoder inputs (T,) -> encoder output (S, d), decoder output (T, d), logits.
+
+    §3.4: with tied embeddings, source embeddings, target embeddings and the pre-softmax projection are one matrix.
+    """
+    source_embeddings = weights["encoder.embeddings.token_embeddings.weight"]
+    if config.tie_word_embeddings:
+        target_embeddings = output_projection = source_embeddings
+    else:
+        target_embeddings = weights["decoder.embeddings.token_embeddings.weight"]
+        output_projection = weights["lm_head.weight"]
+    # Encoder: bidirectional self-attention, nothing masked in an unpadded source.
+    memory = reference_stack(source, source_embeddings, weights, "encoder.", config, config.num_hidden_layers, None)
+    # Decoder: masked self-attention (j <= i), then attention over every source position.
+    decoder = reference_stack(
+        decoder_inputs,
+        target_embeddings,
+        weights,
+        "decoder.",
+        config,
+        config.decoder_layers,
+        causal_mask(decoder_inputs.shape[0]),
+        memory=memory,
+    )
+    logits = decoder @ output_projection.T
+    if "lm_head.bias" in weights:
+        logits = logits + weights["lm_head.bias"]
+    return memory, decoder, logits
 
 
 @pytest.fixture
@@ -172,3 +290,124 @@ def test_padding_mask_matches_reference(float64_default, is_decoder):
         expected = reference_hidden_states(weights, config, tokens[b], pad_mask=mask[b])
         real = mask[b].bool()
         torch.testing.assert_close(hidden[b][real], expected[real], rtol=0, atol=1e-10)
+
+
+SEQ2SEQ_VARIANTS = {
+    "default": {},
+    "pre_ln": dict(layer_norm_position="pre"),
+    "learned": dict(position_embedding_type="learned"),
+    "rotary": dict(position_embedding_type="rotary"),  # self-attention only; cross-attention has no positions
+    "gelu": dict(hidden_act="gelu"),
+    "attention_bias": dict(attention_bias=True),
+    "deeper_decoder": dict(num_hidden_layers=2, decoder_layers=3),
+    "untied": dict(tie_word_embeddings=False),
+}
+
+
+def seq2seq_model(variant: str, attn_implementation: str) -> MiniTransformerForSeq2SeqLM:
+    model = MiniTransformerForSeq2SeqLM(make_config(**SEQ2SEQ_VARIANTS[variant])).eval()
+    model.set_attn_implementation(attn_implementation)
+    _randomize_norms(model)
+    assert model.dtype == torch.float64
+    return model
+
+
+def run_seq2seq(model: MiniTransformerForSeq2SeqLM, **inputs) -> tuple[Seq2SeqLMOutput, torch.Tensor]:
+    """The model's output and the decoder stack's last hidden state (batch, target, hidden), taken from that call."""
+    captured = []
+
+    def keep_decoder_output(module: nn.Module, args: tuple, output) -> None:
+        captured.append(output.last_hidden_state)
+
+    handle = model.decoder.register_forward_hook(keep_decoder_output)
+    try:
+        with torch.no_grad():
+            outputs = model(**inputs)
+    finally:
+        handle.remove()
+    return outputs, captured[0]
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("variant", sorted(SEQ2SEQ_VARIANTS))
+def test_seq2seq_matches_reference_equations_in_float64(float64_default, variant, attn_implementation):
+    model = seq2seq_model(variant, attn_implementation)
+    config = model.config
+    assert len(model.decoder.layers) == config.decoder_layers
+    source = torch.randint(0, config.vocab_size, (2, 9))
+    decoder_inputs = torch.randint(0, config.vocab_size, (2, 6))  # a different length, so no transpose goes unseen
+    outputs, decoder_hidden = run_seq2seq(model, input_ids=source, decoder_input_ids=decoder_inputs)
+    weights = {k: v.detach() for k, v in model.state_dict().items()}
+    if not config.tie_word_embeddings:  # three matrices of their own, or the reference could not tell them apart
+        names = ["encoder.embeddings.token_embeddings.weight", "decoder.embeddings.token_embeddings.weight"]
+        assert len({weights[name].data_ptr() for name in [*names, "lm_head.weight"]}) == 3
+    for b in range(2):
+        memory, decoder, logits = reference_seq2seq(weights, config, source[b], decoder_inputs[b])
+        torch.testing.assert_close(outputs.encoder_last_hidden_state[b], memory, rtol=0, atol=1e-10)
+        torch.testing.assert_close(decoder_hidden[b], decoder, rtol=0, atol=1e-10)
+        torch.testing.assert_close(outputs.logits[b], logits, rtol=0, atol=1e-10)
+
+
+def padded_seq2seq_batch(config: MiniTransformerConfig) -> tuple[dict[str, torch.Tensor], list[int], list[int]]:
+    """Right-padded source (mask 0s) and target (labels -100): the model's inputs, and each row's real lengths."""
+    source_lengths, target_lengths = [8, 5], [6, 3]
+    source = torch.randint(3, config.vocab_size, (2, 8))
+    attention_mask = torch.tensor([[1] * n + [0] * (8 - n) for n in source_lengths])
+    source = source.masked_fill(attention_mask == 0, config.pad_token_id)
+    labels = torch.randint(3, config.vocab_size, (2, 6))
+    labels = labels.masked_fill(torch.tensor([[i >= n for i in range(6)] for n in target_lengths]), -100)
+    inputs = dict(
+        input_ids=source,
+        attention_mask=attention_mask,
+        labels=labels,
+        decoder_attention_mask=(labels != -100).long(),
+    )
+    return inputs, source_lengths, target_lengths
+
+
+def teacher_forcing_inputs(config: MiniTransformerConfig, labels: torch.Tensor) -> torch.Tensor:
+    """Decoder inputs for targets (y_1 .. y_n): (start, y_1 .. y_n-1)."""
+    return torch.cat([torch.tensor([config.decoder_start_token_id]), labels[:-1]])
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("variant", ["default", "pre_ln", "rotary"])
+def test_seq2seq_padding_matches_reference_on_each_unpadded_pair(float64_default, variant, attn_implementation):
+    model = seq2seq_model(variant, attn_implementation)
+    config = model.config
+    inputs, source_lengths, target_lengths = padded_seq2seq_batch(config)
+    outputs, decoder_hidden = run_seq2seq(model, **inputs)
+    weights = {k: v.detach() for k, v in model.state_dict().items()}
+    for b, (s, t) in enumerate(zip(source_lengths, target_lengths)):
+        source, labels = inputs["input_ids"][b, :s], inputs["labels"][b, :t]
+        memory, decoder, logits = reference_seq2seq(weights, config, source, teacher_forcing_inputs(config, labels))
+        torch.testing.assert_close(outputs.encoder_last_hidden_state[b, :s], memory, rtol=0, atol=1e-10)
+        torch.testing.assert_close(decoder_hidden[b, :t], decoder, rtol=0, atol=1e-10)
+        torch.testing.assert_close(outputs.logits[b, :t], logits, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("logits_with_loss", ["all", "labelled", "none"])
+def test_seq2seq_loss_is_reference_cross_entropy_over_labelled_targets(
+    float64_default, logits_with_loss, attn_implementation
+):
+    model = seq2seq_model("default", attn_implementation)
+    config = model.config
+    config.logits_with_loss = logits_with_loss
+    inputs, source_lengths, target_lengths = padded_seq2seq_batch(config)
+    outputs, _ = run_seq2seq(model, **inputs)
+    weights = {k: v.detach() for k, v in model.state_dict().items()}
+    token_losses = []
+    for b, (s, t) in enumerate(zip(source_lengths, target_lengths)):
+        source, labels = inputs["input_ids"][b, :s], inputs["labels"][b, :t]
+        _, _, logits = reference_seq2seq(weights, config, source, teacher_forcing_inputs(config, labels))
+        # -log softmax(logits_t)[y_t], written out
+        log_normaliser = torch.log(torch.exp(logits).sum(-1))
+        token_losses.append(log_normaliser - logits[torch.arange(t), labels])
+    expected = torch.cat(token_losses).mean()  # mean over the 6 + 3 labelled targets; -100 are not counted
+    # Our own loss paths keep float64. With "all" the loss is transformers' ForMaskedLMLoss, whose `logits.float()`
+    # casts a float64 model's logits down to float32: held to float32 resolution (a few ulps of a loss near 5) there.
+    if logits_with_loss != "all":
+        assert outputs.loss.dtype == torch.float64
+    atol = 1e-10 if outputs.loss.dtype == torch.float64 else 2e-6
+    torch.testing.assert_close(outputs.loss.double(), expected, rtol=0, atol=atol)
