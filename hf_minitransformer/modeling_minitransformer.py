@@ -22,7 +22,6 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.generation import GenerationMixin
-from transformers.loss.loss_utils import fixed_cross_entropy
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -43,6 +42,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_minitransformer import MiniTransformerConfig
+from .loss_minitransformer import lm_loss_with_fewer_logits
 from .pipelines_minitransformer import CUSTOM_PIPELINES  # imported here, `save_pretrained` copies the file too
 
 
@@ -424,20 +424,14 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
-        has_cross_attention = self.config.is_decoder and self.config.is_encoder_decoder
-        if has_cross_attention != (encoder_hidden_states is not None):
-            raise ValueError(
-                "`encoder_hidden_states` are needed by, and only by, the decoder stack of an encoder-decoder model; "
-                f"this stack has is_decoder={self.config.is_decoder}, is_encoder_decoder="
-                f"{self.config.is_encoder_decoder} and got encoder_hidden_states={encoder_hidden_states is not None}."
-            )
+        self._check_encoder_hidden_states(encoder_hidden_states)
         if inputs_embeds is None:
             self._check_token_ids(input_ids)
             inputs_embeds = self.embeddings.token_embeddings(input_ids)
 
         if use_cache and cache is None and self.config.is_decoder:
             cache = DynamicCache(config=self.config)
-            if has_cross_attention:
+            if encoder_hidden_states is not None:
                 cache = EncoderDecoderCache(cache, DynamicCache(config=self.config))
         past_seen_tokens = cache.get_seq_length() if cache is not None else 0
         seq_length = inputs_embeds.shape[1]
@@ -447,19 +441,9 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
         self._check_positions(position_ids, past_seen_tokens + seq_length)
         self._check_attention_mask(attention_mask, inputs_embeds.shape[0], seq_length, past_seen_tokens)
 
-        self_attention_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
-        mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
-        if self.config.is_decoder:
-            attention_mask = create_causal_mask(**mask_kwargs, cache=self_attention_cache, position_ids=position_ids)
-        else:
-            attention_mask = create_bidirectional_mask(**mask_kwargs, cache=cache)
-        if has_cross_attention:
-            encoder_attention_mask = create_bidirectional_mask(
-                config=self.config,
-                inputs_embeds=inputs_embeds,
-                attention_mask=encoder_attention_mask,
-                encoder_hidden_states=encoder_hidden_states,
-            )
+        attention_mask, encoder_attention_mask = self._attention_masks(
+            inputs_embeds, attention_mask, cache, position_ids, encoder_hidden_states, encoder_attention_mask
+        )
 
         hidden_states = self.embeddings(inputs_embeds, position_ids)
         position_embeddings = self.rotary_emb(hidden_states, position_ids) if self.rotary_emb is not None else None
@@ -480,6 +464,32 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
             last_hidden_state=hidden_states, cache=cache if use_cache else None
         )
 
+    def _attention_masks(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        cache: Cache | None,
+        position_ids: torch.LongTensor,
+        encoder_hidden_states: torch.Tensor | None,
+        encoder_attention_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The self-attention mask (causal or bidirectional, with padding) and, in a decoder, the source mask that
+        cross-attention uses, in the form the attention implementation wants (None when SDPA needs none)."""
+        mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+        if self.config.is_decoder:
+            self_attention_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+            attention_mask = create_causal_mask(**mask_kwargs, cache=self_attention_cache, position_ids=position_ids)
+        else:
+            attention_mask = create_bidirectional_mask(**mask_kwargs, cache=cache)
+        if encoder_hidden_states is not None:
+            encoder_attention_mask = create_bidirectional_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=encoder_attention_mask,
+                encoder_hidden_states=encoder_hidden_states,
+            )
+        return attention_mask, encoder_attention_mask
+
     # Input checks: an index error deep inside an embedding lookup (or a CUDA assert) tells the user nothing.
     # They read tensor values, so they are skipped while torch.compile traces the model.
     def _check_token_ids(self, input_ids: torch.LongTensor):
@@ -491,6 +501,15 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
             raise ValueError(
                 f"input_ids contains token id {bad}, outside the vocabulary [0, {self.config.vocab_size}). "
                 "Check that the tokenizer matches the model, or resize the embeddings with `resize_token_embeddings`."
+            )
+
+    def _check_encoder_hidden_states(self, encoder_hidden_states: torch.Tensor | None):
+        has_cross_attention = self.config.is_decoder and self.config.is_encoder_decoder
+        if has_cross_attention != (encoder_hidden_states is not None):
+            raise ValueError(
+                "`encoder_hidden_states` are needed by, and only by, the decoder stack of an encoder-decoder model; "
+                f"this stack has is_decoder={self.config.is_decoder}, is_encoder_decoder="
+                f"{self.config.is_encoder_decoder} and got encoder_hidden_states={encoder_hidden_states is not None}."
             )
 
     def _check_positions(self, position_ids: torch.LongTensor, total_length: int):
@@ -518,100 +537,6 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
             ok, expected = False, "2D (batch, cached + new tokens) or 4D (batch, 1, query length, key length)"
         if not ok:
             raise ValueError(f"attention_mask has shape {shape}; expected {expected}.")
-
-
-# Logits held at once by the fused loss: 2**24 floats (64 MiB) per chunk, but at most 32 chunks so that big batches
-# on a GPU still run as a few large matmuls (and torch.compile unrolls a short loop). Smaller chunks made the CPU step
-# slower than the dense loss (thin matmuls, each chunk re-reading the whole output matrix).
-LOSS_CHUNK_ELEMENTS = 2**24
-LOSS_MAX_CHUNKS = 32
-
-
-class ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """sum_i CE(hidden_i W^T + b, label_i) over rows whose label is not `ignore_index`, one chunk of rows at a time.
-
-    Cross-entropy's gradient with respect to the logits is softmax - one_hot, which needs the chunk's logits: so the
-    forward pass computes the gradients of hidden, W and b chunk by chunk while it has them, and backward only scales
-    them. Same FLOPs as projection + loss + their backward, but (chunk, vocab) logits in memory instead of
-    (rows, vocab) logits, log-probabilities and their gradient (the approach of Liger's fused linear cross-entropy).
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, ignore_index):
-        # hidden: (rows, hidden) | weight: (vocab, hidden) | bias: (vocab,) or None | labels: (rows,)
-        rows, vocab = hidden.shape[0], weight.shape[0]
-        chunk = max(LOSS_CHUNK_ELEMENTS // vocab, -(-rows // LOSS_MAX_CHUNKS), 1)
-        needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-        grad_hidden = torch.empty_like(hidden) if needs_hidden else None
-        # Accumulated over chunks in at least float32 (float64 stays float64), even for half-precision weights.
-        accumulate = torch.promote_types(weight.dtype, torch.float32)
-        grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if needs_weight else None
-        grad_bias = torch.zeros(vocab, dtype=accumulate, device=weight.device) if needs_bias else None
-        total = torch.zeros((), dtype=accumulate, device=hidden.device)
-        for start in range(0, rows, chunk):
-            chunk_hidden, chunk_labels = hidden[start : start + chunk], labels[start : start + chunk]
-            logits = nn.functional.linear(chunk_hidden, weight, bias)  # (chunk, vocab)
-            log_probs = torch.log_softmax(logits, dim=-1, dtype=accumulate)  # (chunk, vocab)
-            del logits  # one (chunk, vocab) tensor alive at a time, not two
-            scored = (chunk_labels != ignore_index).unsqueeze(1)  # (chunk, 1)
-            targets = torch.where(scored.squeeze(1), chunk_labels, 0).unsqueeze(1)  # (chunk, 1)
-            total -= (log_probs.gather(1, targets) * scored).sum()
-            if not (needs_hidden or needs_weight or needs_bias):
-                continue
-            grad_logits = log_probs.exp_()  # softmax, in place of the log-probabilities
-            grad_logits.scatter_add_(1, targets, scored.to(grad_logits.dtype).neg()).mul_(scored)
-            grad_logits = grad_logits.to(weight.dtype)
-            if needs_hidden:
-                grad_hidden[start : start + chunk] = grad_logits @ weight
-            if needs_weight and grad_logits.dtype == chunk_hidden.dtype == accumulate:
-                grad_weight.addmm_(grad_logits.T, chunk_hidden)  # sums inside the matmul: no (vocab, hidden) temporary
-            elif needs_weight:  # half precision or autocast: half-precision matmul, float32 sum
-                grad_weight += grad_logits.T @ chunk_hidden
-            if needs_bias:
-                grad_bias += grad_logits.sum(0)
-        ctx.weight_dtype = weight.dtype
-        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
-        return total
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output):
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
-        if grad_weight is not None:
-            grad_weight = (grad_weight * grad_output).to(ctx.weight_dtype)
-        if grad_bias is not None:
-            grad_bias = (grad_bias * grad_output).to(ctx.weight_dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None
-
-
-def lm_loss_with_fewer_logits(
-    lm_head: nn.Linear,
-    hidden_states: torch.Tensor,
-    labels: torch.Tensor,
-    logits_with_loss: str,
-    num_items_in_batch: torch.Tensor | int | None = None,
-    ignore_index: int = -100,
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """`config.logits_with_loss` "labelled" or "none": (logits or None, loss), the loss of transformers' LM losses.
-
-    `labels` are already aligned with `hidden_states` (shifted, for a causal model). The loss is the mean over scored
-    positions, or their sum over `num_items_in_batch` when given (gradient accumulation), as `fixed_cross_entropy`.
-    """
-    if logits_with_loss == "labelled":
-        scored = labels != ignore_index
-        logits = lm_head(hidden_states[scored])  # (labelled, vocab)
-        logits_for_loss = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        return logits, fixed_cross_entropy(logits_for_loss, labels[scored], num_items_in_batch, ignore_index)
-    hidden_states = hidden_states.reshape(-1, hidden_states.shape[-1])  # (tokens, hidden)
-    labels = labels.reshape(-1).to(hidden_states.device)  # (tokens,)
-    total = ChunkedLinearCrossEntropy.apply(hidden_states, lm_head.weight, lm_head.bias, labels, ignore_index)
-    if num_items_in_batch is None:
-        return None, total / (labels != ignore_index).sum()
-    if torch.is_tensor(num_items_in_batch):
-        num_items_in_batch = num_items_in_batch.to(total.device)
-    return None, total / num_items_in_batch
 
 
 class MiniTransformerForMaskedLM(MiniTransformerPreTrainedModel):

@@ -10,7 +10,7 @@ from hf_minitransformer import (
     MiniTransformerForTokenClassification,
     MiniTransformerModel,
 )
-from hf_minitransformer import modeling_minitransformer as modeling
+from hf_minitransformer import loss_minitransformer as loss_module
 
 from .conftest import make_config
 
@@ -250,7 +250,7 @@ def _loss_grads_logits(head, mode, input_ids, labels, **overrides):
 @pytest.mark.parametrize("tied", [True, False])
 def test_fewer_logits_give_the_same_loss_and_gradients(head, mode, tied, monkeypatch):
     # Chunks of 3 rows (3 * vocab 99 logits), so the fused loss runs its loop several times.
-    monkeypatch.setattr(modeling, "LOSS_CHUNK_ELEMENTS", 3 * 99)
+    monkeypatch.setattr(loss_module, "LOSS_CHUNK_ELEMENTS", 3 * 99)
     input_ids = batch(size=(3, 9))
     labels = input_ids.clone()
     labels[0, :4] = -100  # a padded prefix

@@ -18,7 +18,12 @@ from .conftest import make_config, run_python
 
 
 PACKAGE_DIR = Path(hf_minitransformer.__file__).parent
-CODE_FILES = ("configuration_minitransformer.py", "modeling_minitransformer.py", "pipelines_minitransformer.py")
+CODE_FILES = (
+    "configuration_minitransformer.py",
+    "modeling_minitransformer.py",
+    "loss_minitransformer.py",
+    "pipelines_minitransformer.py",
+)
 
 
 def example_inputs() -> dict[str, torch.Tensor]:
