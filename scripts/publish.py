@@ -10,7 +10,8 @@ Steps, each of which stops the publish with a message saying what is wrong:
 1. check the inputs: a training output folder (config, safetensors weights, tokenizer, training_summary.json), a valid
    repo id, and a token for a real upload;
 2. stage into a new folder, written under a temporary name and renamed when complete: sharded safetensors weights,
-   config.json with `auto_map` for every head, the configuration and modeling code, tokenizer, generation config,
+   config.json with `auto_map` for every head it serves, the configuration, modeling and pipeline code, tokenizer,
+   generation config,
    README.md rendered from the top-level model_card.md, and a PNG of the loss curves;
 3. validate in a fresh, offline subprocess in which `hf_minitransformer` cannot be imported: the config, every Auto
    class and the tokenizer load with `trust_remote_code=True`, the weights and logits equal this process's, a
@@ -30,7 +31,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 from huggingface_hub.utils import validate_repo_id
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 import hf_minitransformer  # noqa: F401  (registers MiniTransformer with the Auto classes)
 
@@ -43,7 +44,11 @@ LOSS_PLOT = "loss_curves.png"
 TASKS = {
     "clm": dict(auto_class=AutoModelForCausalLM, pipeline_tag="text-generation", objective="causal language model"),
     "mlm": dict(auto_class=AutoModelForMaskedLM, pipeline_tag="fill-mask", objective="masked language model"),
+    "seq2seq": dict(auto_class=AutoModelForSeq2SeqLM, pipeline_tag="text2text-generation",
+                    objective="sequence to sequence (encoder-decoder, teacher forcing)"),
 }
+# Sequence-level metrics of a seq2seq summary's final_eval, as model-index results: key -> (type, display name).
+SEQUENCE_METRICS = {"bleu": ("bleu", "BLEU"), "chrf": ("chrf", "chrF"), "exact_match": ("exact_match", "Exact match")}
 
 
 class ValidationError(RuntimeError):
@@ -143,17 +148,22 @@ def render_card(args: argparse.Namespace, summary: dict, model: torch.nn.Module,
     """README.md from the model_card.md template: metadata from ModelCardData, body fields from config and summary."""
     task = TASKS[summary["task"]]
     name = args.repo_id.split("/")[-1]
-    result = EvalResult(task_type=task["pipeline_tag"], dataset_type="text", dataset_name=summary["data"]["source"],
-                        metric_type="perplexity", metric_name="Perplexity",
-                        metric_value=round(summary["final_eval"]["perplexity"], 4))
+    final_eval = summary["final_eval"]
+    metrics = {"perplexity": ("perplexity", "Perplexity")}
+    metrics.update({key: value for key, value in SEQUENCE_METRICS.items() if key in final_eval})
+    results = [EvalResult(task_type=task["pipeline_tag"], dataset_type="text", dataset_name=summary["data"]["source"],
+                          metric_type=metric_type, metric_name=metric_name, metric_value=round(final_eval[key], 4))
+               for key, (metric_type, metric_name) in metrics.items()]
     card_data = ModelCardData(license=args.license, library_name="transformers", pipeline_tag=task["pipeline_tag"],
                               tags=["minitransformer", "transformer", "custom_code"], model_name=name,
-                              eval_results=[result])
+                              eval_results=results)
     config = model.config
-    architecture = {field: getattr(config, field) for field in (
-        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-        "max_position_embeddings", "hidden_act", "position_embedding_type", "layer_norm_position", "is_decoder",
-        "tie_word_embeddings")}
+    fields = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+              "max_position_embeddings", "hidden_act", "position_embedding_type", "layer_norm_position", "is_decoder",
+              "tie_word_embeddings"]
+    if config.is_encoder_decoder:
+        fields[3:3] = ["decoder_layers", "decoder_start_token_id"]
+    architecture = {field: getattr(config, field) for field in fields}
     train_args = summary.get("args") or {}
     recipe = {}
     if train_args:
@@ -163,7 +173,7 @@ def render_card(args: argparse.Namespace, summary: dict, model: torch.nn.Module,
             f"{train_args.get('lr_scheduler_type')} schedule, gradient clipping {train_args.get('max_grad_norm')}"
         )
         recipe["batch"] = (
-            f"{train_args.get('per_device_train_batch_size')} blocks per device x "
+            f"{train_args.get('per_device_train_batch_size')} sequences per device x "
             f"{train_args.get('gradient_accumulation_steps')} accumulation steps x {summary.get('num_processes')}"
         )
     return ModelCard.from_template(
@@ -206,11 +216,14 @@ def validate(staged: Path, model: torch.nn.Module, task: str):
     its logits with `model`'s, the training output loaded in this process."""
     model.eval()
     input_ids = torch.arange(min(12, model.config.max_position_embeddings)).unsqueeze(0) % model.config.vocab_size
+    inputs = {"input_ids": input_ids}
+    if model.config.is_encoder_decoder:
+        inputs["decoder_input_ids"] = input_ids[:, :6].flip(-1)
     with torch.no_grad():
-        logits = model(input_ids).logits
+        logits = model(**inputs).logits
     with tempfile.TemporaryDirectory() as workdir:
         expected = Path(workdir) / "expected.pt"
-        torch.save({"input_ids": input_ids, "logits": logits}, expected)
+        torch.save({"inputs": inputs, "logits": logits}, expected)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(Path(workdir) / "modules"), TOKENIZERS_PARALLELISM="false")
         result = subprocess.run(

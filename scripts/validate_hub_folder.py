@@ -3,8 +3,8 @@
 
     python scripts/validate_hub_folder.py STAGED_DIR EXPECTED.pt TASK
 
-`scripts/publish.py` runs this in a fresh subprocess. EXPECTED.pt holds `input_ids` and the `logits` the publishing
-process computed. Exits non-zero with the reason on the first failure; prints one line per check passed.
+`scripts/publish.py` runs this in a fresh subprocess. EXPECTED.pt holds the model `inputs` and the `logits` the
+publishing process computed. Exits non-zero with the reason on the first failure; prints one line per check passed.
 """
 
 import sys
@@ -22,8 +22,14 @@ from huggingface_hub import ModelCard  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 
-PIPELINES = {"clm": "text-generation", "mlm": "fill-mask"}
-MAIN_AUTO_CLASS = {"clm": "AutoModelForCausalLM", "mlm": "AutoModelForMaskedLM"}
+PIPELINES = {"clm": "text-generation", "mlm": "fill-mask", "seq2seq": "text2text-generation"}
+MAIN_AUTO_CLASS = {"clm": "AutoModelForCausalLM", "mlm": "AutoModelForMaskedLM", "seq2seq": "AutoModelForSeq2SeqLM"}
+# The Auto classes the folder must serve: one stack's heads share the body, an encoder-decoder serves its own head.
+REQUIRED_AUTO_CLASSES = {
+    "clm": {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM"},
+    "mlm": {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM"},
+    "seq2seq": {"AutoConfig", "AutoModelForSeq2SeqLM"},
+}
 REQUIRED_METADATA = ("license", "library_name", "pipeline_tag", "model-index")
 
 
@@ -41,13 +47,13 @@ def saved_weights(folder: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
-def check_auto_classes(folder: Path, weights: dict[str, torch.Tensor]):
+def check_auto_classes(folder: Path, weights: dict[str, torch.Tensor], task: str):
     """Every Auto class in auto_map loads through remote code, with every stored weight it uses bit-identical."""
     config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
     if "hf_minitransformer" in type(config).__module__:
         fail("the config came from the installed package, not the folder's code")
     auto_map = getattr(config, "auto_map", {}) or {}
-    missing = {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM"} - set(auto_map)
+    missing = REQUIRED_AUTO_CLASSES[task] - set(auto_map)
     if missing:
         fail(f"config.json auto_map lacks {sorted(missing)}")
     for auto_name in sorted(set(auto_map) - {"AutoConfig"}):
@@ -64,7 +70,7 @@ def check_logits(folder: Path, expected_path: Path, task: str):
     expected = torch.load(expected_path)
     model = getattr(transformers, MAIN_AUTO_CLASS[task]).from_pretrained(folder, trust_remote_code=True).eval()
     with torch.no_grad():
-        logits = model(expected["input_ids"]).logits
+        logits = model(**expected["inputs"]).logits
     if not torch.equal(logits, expected["logits"]):
         difference = (logits - expected["logits"]).abs().max().item()
         fail(f"logits differ from the publishing process's by up to {difference:.3g}")
@@ -74,6 +80,15 @@ def check_logits(folder: Path, expected_path: Path, task: str):
 def check_pipeline(folder: Path, task: str):
     # trust_remote_code: without the package, AutoTokenizer reads config.json, whose model type only the folder's
     # code defines.
+    if task == "seq2seq":
+        # transformers 5 has no text2text-generation pipeline of its own: the folder's config.custom_pipelines and
+        # pipelines_minitransformer.py provide it, so it loads by task name from the folder.
+        pipe = transformers.pipeline(PIPELINES[task], model=str(folder), trust_remote_code=True)
+        if not type(pipe).__module__.startswith("transformers_modules."):
+            fail(f"the {PIPELINES[task]} pipeline did not come from the folder's code: {type(pipe).__module__}")
+        text = pipe("def add(a, b):\n    return a + b", max_new_tokens=12)[0]["generated_text"]
+        print(f"ok  pipeline({PIPELINES[task]!r}) from the folder's pipelines_minitransformer.py: {text!r}")
+        return
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     model = getattr(transformers, MAIN_AUTO_CLASS[task]).from_pretrained(folder, trust_remote_code=True)
     pipe = transformers.pipeline(PIPELINES[task], model=model, tokenizer=tokenizer)
@@ -101,7 +116,7 @@ def main():
         pass
     else:
         fail("hf_minitransformer is importable: the check would not exercise the remote code")
-    check_auto_classes(folder, saved_weights(folder))
+    check_auto_classes(folder, saved_weights(folder), task)
     check_logits(folder, expected_path, task)
     check_pipeline(folder, task)
     check_card(folder)

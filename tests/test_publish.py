@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import CommitInfo, ModelCard
 
-from hf_minitransformer import MiniTransformerForCausalLM, MiniTransformerForMaskedLM
+from hf_minitransformer import MiniTransformerForCausalLM, MiniTransformerForMaskedLM, MiniTransformerForSeq2SeqLM
 from hf_minitransformer.data import train_bpe_tokenizer
 
 from .conftest import make_config
@@ -27,7 +27,9 @@ def training_output(folder: Path, task: str = "clm") -> Path:
     """A folder shaped like scripts/train.py's output (model, tokenizer, summary, log), built in seconds."""
     tokenizer = train_bpe_tokenizer(iter([TEXTS]), vocab_size=300, with_mask_token=task == "mlm")
     config = make_config(vocab_size=len(tokenizer), max_position_embeddings=32)
-    model = (MiniTransformerForCausalLM if task == "clm" else MiniTransformerForMaskedLM)(config)
+    heads = {"clm": MiniTransformerForCausalLM, "mlm": MiniTransformerForMaskedLM,
+             "seq2seq": MiniTransformerForSeq2SeqLM}
+    model = heads[task](config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     summary = {
@@ -38,6 +40,13 @@ def training_output(folder: Path, task: str = "clm") -> Path:
         "args": {"learning_rate": 1e-3, "weight_decay": 0.1, "num_warmup_steps": 1, "lr_scheduler_type": "cosine",
                  "max_grad_norm": 1.0, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 1},
     }
+    if task == "seq2seq":
+        summary["final_eval"].update(bleu=12.5, chrf=30.25, exact_match=0.125)
+        summary["baselines"]["most_frequent_target"] = {"prediction": "Return x.", "bleu": 1.5, "chrf": 9.0,
+                                                        "exact_match": 0.0}
+        summary["generation"] = {"num_beams": 1, "max_new_tokens": 16, "samples": 8}
+        summary["data"] = {"source": "two snippets", "train_pairs": 30, "validation_pairs": 8,
+                           "validation_modules": 2}
     (folder / "training_summary.json").write_text(json.dumps(summary))
     log = [{"step": 1, "loss": 5.6}, {"step": 2, "loss": 5.3}, {"step": 2, "eval_loss": 5.2}, {"step": 3, "loss": 5.0}]
     (folder / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
@@ -94,6 +103,26 @@ def test_dry_run_stages_a_sharded_folder_that_validates_without_the_package(tmp_
     assert 'from_pretrained(\n    "me/mini", trust_remote_code=True, revision=' in card.text
     assert "loss_curves.png" in card.text and f"{MiniTransformerForCausalLM.__name__}" in card.text
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+@pytest.mark.slow  # stages and validates in a subprocess: ~10 s
+def test_dry_run_of_a_seq2seq_model_validates_its_head_and_pipeline(tmp_path, capsys):
+    staged = publish.main([str(training_output(tmp_path / "run", "seq2seq")), "--repo_id", "me/s2s", "--dry_run"])
+    out = capsys.readouterr().out
+    names = {p.name for p in staged.iterdir()}
+    assert {"modeling_minitransformer.py", "loss_minitransformer.py", "pipelines_minitransformer.py"} <= names
+    config = json.loads((staged / "config.json").read_text())
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModelForSeq2SeqLM"}
+    assert set(config["custom_pipelines"]) == {"text2text-generation", "translation"}
+    assert "ok  AutoModelForSeq2SeqLM logits equal the publishing process's" in out
+    assert "ok  pipeline('text2text-generation') from the folder's pipelines_minitransformer.py" in out
+    card = ModelCard.load(staged / "README.md")
+    assert card.data.pipeline_tag == "text2text-generation"
+    metrics = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    assert metrics == {"perplexity": pytest.approx(148.4), "bleu": 12.5, "chrf": 30.25, "exact_match": 0.125}
+    assert "BLEU **12.50**" in card.text and "scores BLEU\n1.50" in card.text
+    assert "30 training and 8 held-out (source, target) pairs" in card.text
+    assert 'pipeline("text2text-generation", model="me/s2s", trust_remote_code=True' in card.text
 
 
 @pytest.mark.slow  # stages and validates in a subprocess: ~10 s
