@@ -12,15 +12,25 @@ Three sources, checked in this order:
 Sources without a validation split get one held out: the last `validation_split_percentage` % of the rows for Hub
 datasets and files (contiguous, so no block straddles the split), and, for the embedded corpus, every
 `round(100 / pct)`-th file in order of size (whole modules the model never trains on, about pct % of the bytes).
+
+The seq2seq task reads (source, target) pairs from the same places: two columns (`source_column`, `target_column`) of
+a Hub dataset or of json/jsonl/csv/parquet files, or, with neither, the embedded task: every documented function of
+the same standard-library modules, its code without the docstring -> the docstring's first line (see
+`function_pairs`). Its held-out split is the embedded corpus's: the functions of whole modules never trained on,
+in a fixed shuffled order.
 """
 
+import ast
 import dataclasses
 import itertools
+import re
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 from datasets import Dataset, DatasetDict, load_dataset
+from datasets.fingerprint import Hasher
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -39,11 +49,14 @@ FILE_BUILDERS = {
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 MASK_TOKEN = "<mask>"
 EMBEDDED_CORPUS = "python-stdlib-source"
+EMBEDDED_TASK = "python-stdlib-docstrings"
 
 
 @dataclasses.dataclass
 class DataArgs:
     """Where the training text comes from; stored in `training_summary.json` so the split can be rebuilt later."""
+
+    embedded_name: ClassVar[str] = EMBEDDED_CORPUS
 
     dataset_name: str | None = None
     dataset_config_name: str | None = None
@@ -84,7 +97,7 @@ class DataArgs:
             source = f"local file {self.train_file}"
         else:
             files = embedded_corpus_files(self.max_corpus_bytes)
-            source = (f"{EMBEDDED_CORPUS}: {len(files)} top-level modules of the Python standard library in "
+            source = (f"{self.embedded_name}: {len(files)} top-level modules of the Python standard library in "
                       f"{sysconfig.get_paths()['stdlib']}, {sum(Path(f).stat().st_size for f in files)} bytes")
         return {"source": source, "args": dataclasses.asdict(self)}
 
@@ -99,6 +112,22 @@ def check_data_file(path: str, role: str):
                          f"{', '.join(sorted(FILE_BUILDERS))}.")
     if file.stat().st_size == 0:
         raise ValueError(f"The {role} file {path!r} is empty.")
+
+
+@dataclasses.dataclass
+class Seq2SeqDataArgs(DataArgs):
+    """Where the (source, target) pairs come from: DataArgs's sources, read as two text columns (not `text_column`)."""
+
+    embedded_name: ClassVar[str] = EMBEDDED_TASK
+
+    source_column: str = "source"
+    target_column: str = "target"
+
+    def check(self):
+        super().check()
+        if self.train_file and FILE_BUILDERS[Path(self.train_file).suffix.lower()] == "text":
+            raise ValueError(f"--task seq2seq reads pairs from columns of json/jsonl/csv/parquet files, but "
+                             f"{self.train_file!r} is a text file (one column of lines).")
 
 
 def embedded_corpus_files(max_bytes: int) -> list[str]:
@@ -122,43 +151,63 @@ def load_raw_datasets(data: DataArgs) -> tuple[DatasetDict, bool]:
     Also returns whether rows are whole documents (to be separated by an end-of-sequence token) rather than lines.
     """
     data.check()
-    if data.dataset_name:
-        raw = load_dataset(data.dataset_name, data.dataset_config_name)
-        documents = True
-    elif data.train_file:
-        data_files = {"train": data.train_file}
-        if data.validation_file:
-            data_files["validation"] = data.validation_file
-        builder = FILE_BUILDERS[Path(data.train_file).suffix.lower()]
-        # keep_linebreaks: lines are concatenated when packing, so they must keep their "\n".
-        options = {"keep_linebreaks": True} if builder == "text" else {}
-        raw = load_dataset(builder, data_files=data_files, **options)
-        documents = builder != "text"
+    if data.dataset_name or data.train_file:
+        raw, documents = load_hub_or_files(data)
     else:
-        files = embedded_corpus_files(data.max_corpus_bytes)
-        # Hold out one file in every `stride`, stratified by size: the held-out share of the text stays close to
-        # the percentage, whatever the cap, instead of hinging on whether one 230 kB module lands in it.
-        stride = max(2, round(100 / data.validation_split_percentage))
-        by_size = sorted(files, key=lambda f: (Path(f).stat().st_size, f))
-        if len(files) < 2:
-            raise ValueError(f"--max_corpus_bytes {data.max_corpus_bytes} leaves {len(files)} file of the embedded "
-                             "corpus; at least 2 are needed to hold one out for validation.")
-        # With fewer than `stride` files (a small cap), the median-sized file is held out.
-        ranks = range(stride // 2, len(files), stride) if len(files) > stride // 2 else [len(files) // 2]
-        held_out = {by_size[rank] for rank in ranks}
-        split_files = {"train": [f for f in files if f not in held_out], "validation": sorted(held_out)}
+        split_files = split_embedded_corpus(data.max_corpus_bytes, data.validation_split_percentage)
         raw = load_dataset("text", data_files=split_files, sample_by="document")
         documents = True
+    raw = with_validation_split(raw, data.validation_split_percentage)
+    check_columns(raw, {"--text_column": data.text_column})
+    return raw, documents
+
+
+def load_hub_or_files(data: DataArgs) -> tuple[DatasetDict, bool]:
+    """`dataset_name` or `train_file` (+ `validation_file`) as loaded by `datasets`; True if rows are documents."""
+    if data.dataset_name:
+        return load_dataset(data.dataset_name, data.dataset_config_name), True
+    data_files = {"train": data.train_file}
+    if data.validation_file:
+        data_files["validation"] = data.validation_file
+    builder = FILE_BUILDERS[Path(data.train_file).suffix.lower()]
+    # keep_linebreaks: lines are concatenated when packing, so they must keep their "\n".
+    options = {"keep_linebreaks": True} if builder == "text" else {}
+    return load_dataset(builder, data_files=data_files, **options), builder != "text"
+
+
+def split_embedded_corpus(max_bytes: int, validation_split_percentage: float) -> dict[str, list[str]]:
+    """The embedded corpus's files as {"train": [...], "validation": [...]}: whole modules are held out."""
+    files = embedded_corpus_files(max_bytes)
+    # Hold out one file in every `stride`, stratified by size: the held-out share of the text stays close to the
+    # percentage, whatever the cap, instead of hinging on whether one 230 kB module lands in it.
+    stride = max(2, round(100 / validation_split_percentage))
+    by_size = sorted(files, key=lambda f: (Path(f).stat().st_size, f))
+    if len(files) < 2:
+        raise ValueError(f"--max_corpus_bytes {max_bytes} leaves {len(files)} file of the embedded corpus; at least "
+                         "2 are needed to hold one out for validation.")
+    # With fewer than `stride` files (a small cap), the median-sized file is held out.
+    ranks = range(stride // 2, len(files), stride) if len(files) > stride // 2 else [len(files) // 2]
+    held_out = {by_size[rank] for rank in ranks}
+    return {"train": [f for f in files if f not in held_out], "validation": sorted(held_out)}
+
+
+def with_validation_split(raw: DatasetDict, validation_split_percentage: float) -> DatasetDict:
+    """Only "train" and "validation"; without a validation split, the last pct % of the training rows become it."""
     if "validation" not in raw:
-        held_out = raw["train"].train_test_split(test_size=data.validation_split_percentage / 100, shuffle=False)
+        held_out = raw["train"].train_test_split(test_size=validation_split_percentage / 100, shuffle=False)
         raw = DatasetDict(train=held_out["train"], validation=held_out["test"])
-    for name in ("train", "validation"):
-        if data.text_column not in raw[name].column_names:
-            raise ValueError(f"The {name} data has no column {data.text_column!r}; its columns are "
-                             f"{raw[name].column_names}. Pick one with --text_column.")
-        if len(raw[name]) == 0:
+    return DatasetDict(train=raw["train"], validation=raw["validation"])
+
+
+def check_columns(raw: DatasetDict, columns: dict[str, str]):
+    """Each split must be non-empty and hold every text column; `columns` maps the flag that names one to its name."""
+    for name, split in raw.items():
+        for flag, column in columns.items():
+            if column not in split.column_names:
+                raise ValueError(f"The {name} data has no column {column!r}; its columns are {split.column_names}. "
+                                 f"Pick one with {flag}.")
+        if len(split) == 0:
             raise ValueError(f"The {name} split is empty.")
-    return DatasetDict(train=raw["train"], validation=raw["validation"]), documents
 
 
 def train_bpe_tokenizer(texts: Iterator[str], vocab_size: int, with_mask_token: bool) -> PreTrainedTokenizerFast:
@@ -223,3 +272,159 @@ def tokenize_and_pack(
             raise ValueError(f"The {name} split has {tokens} tokens, not enough for one block of --block_size "
                              f"{block_size}. Give more text or a smaller --block_size.")
     return packed
+
+
+def load_seq2seq_datasets(data: Seq2SeqDataArgs) -> DatasetDict:
+    """Load (source, target) pairs as a DatasetDict with "train" and "validation" splits of text columns."""
+    data.check()
+    if data.dataset_name or data.train_file:
+        raw, _ = load_hub_or_files(data)
+    else:
+        raw = load_docstring_pairs(data.max_corpus_bytes, data.validation_split_percentage)
+    raw = with_validation_split(raw, data.validation_split_percentage)
+    columns = {"--source_column": data.source_column, "--target_column": data.target_column}
+    check_columns(raw, columns)
+    for name, split in raw.items():
+        for column in columns.values():
+            if getattr(split.features[column], "dtype", None) not in ("string", "large_string"):
+                raise ValueError(f"The {name} column {column!r} must hold text, got {split.features[column]}.")
+    # A row without a source or a target (an empty cell of a csv file) teaches nothing: it is dropped.
+    raw = raw.filter(lambda source, target: bool(source and source.strip() and target and target.strip()),
+                     input_columns=[data.source_column, data.target_column])
+    check_columns(raw, columns)  # a split left empty is an error
+    return raw
+
+
+def load_docstring_pairs(max_bytes: int, validation_split_percentage: float) -> DatasetDict:
+    """The embedded task's pairs, split by module like the embedded corpus: held-out modules are never trained on."""
+    split_files = split_embedded_corpus(max_bytes, validation_split_percentage)
+    files = sorted(split_files["train"] + split_files["validation"])
+    # `datasets` fingerprints a module-level generator by its name only; hashing this file's text instead means an
+    # edit of the extraction rebuilds the cached pairs.
+    fingerprint = Hasher.hash([Path(__file__).read_text(), files])
+    # A tuple, not a list: `datasets` would take a list for shards, one generator each, and dedupe per file only.
+    pairs = Dataset.from_generator(docstring_pairs, gen_kwargs={"files": tuple(files)}, fingerprint=fingerprint)
+    held_out = {Path(file).stem for file in split_files["validation"]}
+    # The pairs come grouped by module. The validation pairs are shuffled (with a fixed seed) so that the first ones,
+    # those evaluation generates targets for, sample every held-out module rather than the first (`_pydecimal`
+    # alone holds some 200).
+    raw = DatasetDict(
+        train=pairs.filter(lambda module: module not in held_out, input_columns="module"),
+        validation=pairs.filter(lambda module: module in held_out, input_columns="module").shuffle(seed=0),
+    )
+    for name, split in raw.items():
+        if len(split) == 0:
+            modules = ", ".join(sorted(Path(file).stem for file in split_files[name]))
+            raise ValueError(f"The {name} modules of the embedded task ({modules}) have no documented function; "
+                             f"raise --max_corpus_bytes (got {max_bytes}).")
+    return raw
+
+
+def docstring_pairs(files: tuple[str, ...]) -> Iterator[dict]:
+    """`function_pairs` of each file in order, without exact duplicates (the first one is kept)."""
+    seen = set()
+    for file in files:
+        for pair in function_pairs(Path(file).read_text(encoding="utf-8"), Path(file).stem):
+            key = (pair["source"], pair["target"])
+            if key not in seen:
+                seen.add(key)
+                yield pair
+
+
+def function_pairs(code: str, module: str) -> Iterator[dict]:
+    """One row per documented function of `code` (methods and nested functions too): "source" is the function's
+    text (decorators excluded), dedented, with its docstring statement cut out; "target" is the first line of the
+    docstring, cleaned as `inspect.cleandoc` does (so a docstring that opens with a line break gives its first line
+    of text).
+
+    Skipped: functions whose body is only the docstring (plus `pass` or `...`), and the rare docstrings that share a
+    line with other code (`def f(): "Doc."; return 1`), which cutting whole lines would mangle.
+    """
+    lines = LINE.findall(code)
+    for node in ast.walk(ast.parse(code)):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        docstring = ast.get_docstring(node)
+        target = docstring.splitlines()[0].strip() if docstring else ""
+        docstring_node, body = node.body[0], node.body[1:]
+        if not target or all(is_placeholder(statement) for statement in body):
+            continue
+        if not owns_its_lines(docstring_node, lines):
+            continue
+        function_lines = source_segment_lines(node, lines)
+        del function_lines[docstring_node.lineno - node.lineno : docstring_node.end_lineno - node.lineno + 1]
+        # Dedent by the def's own indentation: `textwrap.dedent` leaves a method as it is when one of its strings
+        # has a line at column 0, and the source would not parse.
+        indent = re.compile(rf"^[ \t]{{0,{node.col_offset}}}")
+        source = "".join(indent.sub("", line) for line in function_lines)
+        yield {"source": source, "target": target, "module": module, "function": node.name}
+
+
+# A line of source with its ending, split as the Python parser does (\r\n, \r or \n; a form feed is no line break).
+LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def source_segment_lines(node: ast.AST, lines: list[str]) -> list[str]:
+    """The lines of `ast.get_source_segment(code, node, padded=True)`, from the file's lines split once.
+
+    (`get_source_segment` splits the whole file again at each call: 20 s instead of 2 for the embedded corpus.)
+    """
+    segment = lines[node.lineno - 1 : node.end_lineno]
+    first, last = segment[0].encode(), segment[-1].encode()  # AST column offsets count UTF-8 bytes
+    if len(segment) == 1:
+        return [first[node.col_offset : node.end_col_offset].decode()]
+    return [" " * node.col_offset + first[node.col_offset :].decode(), *segment[1:-1],
+            last[: node.end_col_offset].decode()]
+
+
+def is_placeholder(statement: ast.stmt) -> bool:
+    """`pass` or `...`: a statement that stands in for a body."""
+    ellipsis = isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant) and (
+        statement.value.value is Ellipsis)
+    return isinstance(statement, ast.Pass) or ellipsis
+
+
+def owns_its_lines(statement: ast.stmt, lines: list[str]) -> bool:
+    """Whether `statement` has its lines to itself: nothing before it, at most a comment after it."""
+    before = lines[statement.lineno - 1].encode()[: statement.col_offset]
+    after = lines[statement.end_lineno - 1].encode()[statement.end_col_offset :].strip()
+    return not before.strip() and (not after or after.startswith(b"#"))
+
+
+def describe_pairs(raw: DatasetDict) -> dict:
+    """Pairs per split and, for the embedded task, how many modules they come from and which are held out."""
+    description = {f"{name}_pairs": len(split) for name, split in raw.items()}
+    if "module" in raw["train"].column_names:
+        for name, split in raw.items():
+            description[f"{name}_modules"] = len(set(split["module"]))
+        description["validation_module_names"] = sorted(set(raw["validation"]["module"]))
+    return description
+
+
+def tokenize_pairs(
+    raw: DatasetDict,
+    tokenizer: PreTrainedTokenizerBase,
+    source_column: str,
+    target_column: str,
+    max_source_length: int,
+    max_target_length: int,
+    num_proc: int | None = None,
+) -> DatasetDict:
+    """Source -> "input_ids"/"attention_mask" (at most `max_source_length` tokens); target -> "labels" (at most
+    `max_target_length` tokens, the last one the end-of-sequence token, which tells generation where to stop).
+
+    Rows keep their own lengths: `DataCollatorForSeq2Seq` pads each batch.
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The tokenizer has no end-of-sequence token, which closes every seq2seq target.")
+
+    def tokenize(batch: dict) -> dict:
+        sources = tokenizer(batch[source_column], max_length=max_source_length, truncation=True,
+                            add_special_tokens=False)
+        targets = tokenizer(batch[target_column], max_length=max_target_length - 1, truncation=True,
+                            add_special_tokens=False)["input_ids"]
+        return {"input_ids": sources["input_ids"], "attention_mask": sources["attention_mask"],
+                "labels": [ids + [tokenizer.eos_token_id] for ids in targets]}
+
+    columns = next(iter(raw.values())).column_names
+    return raw.map(tokenize, batched=True, num_proc=num_proc, remove_columns=columns, desc="Tokenizing pairs")

@@ -1,13 +1,17 @@
-"""scripts/train.py and scripts/show_model.py: a CPU smoke run, overfitting one batch, and the input errors.
+"""scripts/train.py and scripts/show_model.py: a CPU smoke run, overfitting one batch, and the input errors; for the
+seq2seq task also the embedded docstring pairs, custom columns, exact resume and a two-process evaluation.
 
 The smoke runs launch real subprocesses (marked slow); the rest calls `train.main(argv)` in this process on a tiny
 config (hidden 32, 2 layers) and a small slice of the embedded corpus.
 """
 
+import ast
 import importlib.util
+import inspect
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +19,18 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+from datasets import Dataset
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 import hf_minitransformer  # noqa: F401  (Auto class registration)
-from hf_minitransformer.data import train_bpe_tokenizer
+from hf_minitransformer.data import (
+    Seq2SeqDataArgs,
+    describe_pairs,
+    function_pairs,
+    load_seq2seq_datasets,
+    train_bpe_tokenizer,
+)
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,6 +198,12 @@ def test_max_train_seconds_stops_early_then_evaluates_and_saves(tmp_path):
         (["--resume_from_checkpoint", "{tmp}"], "is not a checkpoint folder"),
         (["--init_from", "{tmp}"], "is not a saved model folder"),
         (["--max_train_steps", "0"], "--max_train_steps must be positive"),
+        (["--task", "seq2seq", "--train_file", "{tmp}/data.txt"], "is a text file"),
+        (["--task", "seq2seq", "--max_source_length", "300"],
+         "--max_source_length 300 exceeds the model's max_position_embeddings 256"),
+        (["--task", "seq2seq", "--generation_max_new_tokens", "257"], "--generation_max_new_tokens 257 exceeds"),
+        (["--task", "seq2seq", "--max_target_length", "1"], "--max_target_length must be at least 2"),
+        (["--task", "seq2seq", "--generation_num_beams", "0"], "--generation_num_beams must be positive"),
     ],
 )
 def test_bad_input_is_a_value_error_before_any_work(tmp_path, extra, message):
@@ -241,3 +259,194 @@ def test_mixed_precision_run_on_gpu(tmp_path, precision):
     assert math.isfinite(summary["final_eval"]["loss"])
     # Weights stay float32 under autocast, so the saved model is float32 too.
     assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.float32
+
+
+# --- seq2seq: the embedded docstring task, files with named columns, generation metrics ---------------------------
+
+SEQ2SEQ = ["--task", "seq2seq", "--max_corpus_bytes", "200000", "--max_source_length", "64",
+           "--max_target_length", "16"]
+
+
+def pairs_of(module) -> dict[str, dict]:
+    return {pair["function"]: pair for pair in function_pairs(Path(module.__file__).read_text(), module.__name__)}
+
+
+def test_docstring_pairs_of_known_stdlib_functions():
+    pairs = pairs_of(shlex)
+    quote = pairs["quote"]
+    assert quote["target"] == inspect.getdoc(shlex.quote).splitlines()[0] == (
+        "Return a shell-escaped version of the string *s*.")
+    assert quote["source"].startswith("def quote(s):\n    if not s:\n")
+    assert quote["module"] == "shlex"
+    # A method comes dedented, without its docstring, and parses on its own.
+    get_token = pairs["get_token"]
+    assert get_token["target"] == inspect.getdoc(shlex.shlex.get_token).splitlines()[0]
+    assert get_token["source"].startswith("def get_token(self):\n")
+    assert ast.get_docstring(ast.parse(get_token["source"]).body[0]) is None
+    for pair in pairs.values():
+        assert '"""' not in pair["source"], pair["function"]
+
+
+def test_function_pairs_cut_the_docstring_and_skip_empty_bodies():
+    code = '''
+class Box:
+    @property
+    def size(self):
+        """
+        The size of the box.
+
+        More text that must not stay in the source.
+        """
+        return self._size  # trailing comment
+
+    async def fetch(self):
+        \'\'\'Fetch it.\'\'\'  # a comment on the docstring line
+        return await self._get()
+
+    def stub(self):
+        """Only a stub."""
+        ...
+
+    def abstract(self):
+        """Only a pass."""
+        pass
+
+    def no_doc(self):
+        return 1
+
+    def empty_doc(self):
+        """"""
+        return 2
+
+def one_liner(): "Shares its line."; return 3
+'''
+    pairs = {pair["function"]: pair for pair in function_pairs(code, "box")}
+    assert set(pairs) == {"size", "fetch"}
+    # The segment ends where the last statement does, as ast.get_source_segment: a trailing comment goes.
+    assert pairs["size"] == {"source": "def size(self):\n    return self._size",
+                             "target": "The size of the box.", "module": "box", "function": "size"}
+    assert pairs["fetch"]["source"] == "async def fetch(self):\n    return await self._get()"
+    assert pairs["fetch"]["target"] == "Fetch it."
+
+
+def test_embedded_task_holds_out_whole_modules():
+    raw = load_seq2seq_datasets(Seq2SeqDataArgs())
+    train_modules, validation_modules = set(raw["train"]["module"]), set(raw["validation"]["module"])
+    assert train_modules and validation_modules and not train_modules & validation_modules
+    pairs = [(row["source"], row["target"]) for split in raw.values() for row in split]
+    assert len(pairs) == len(set(pairs)) > 2000  # no duplicates; about 2800 in CPython 3.11
+    described = describe_pairs(raw)
+    assert described["validation_pairs"] == len(raw["validation"]) > 100
+    assert described["validation_modules"] == len(validation_modules)
+    assert described["validation_module_names"] == sorted(validation_modules)
+    assert all(row["target"] and row["target"] == row["target"].strip() for row in raw["train"])
+
+
+@pytest.mark.slow
+def test_seq2seq_smoke_run_saves_a_model_that_loads_back(tmp_path):
+    out = tmp_path / "seq2seq"
+    run_script(tmp_path, "train.py", *TINY, *SEQ2SEQ, "--max_train_steps", "4", "--per_device_train_batch_size", "4",
+               "--eval_steps", "2", "--output_dir", str(out))
+    summary = json.loads((out / "training_summary.json").read_text())
+    metrics = summary["final_eval"]
+    assert summary["task"] == "seq2seq" and summary["optimizer_steps"] == 4
+    assert {"loss", "perplexity", "bleu", "chrf", "exact_match"} <= metrics.keys()
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]))
+    assert 0 <= metrics["bleu"] <= 100 and 0 <= metrics["exact_match"] <= 1
+    assert summary["data"]["source"].startswith("python-stdlib-docstrings")
+    assert summary["data"]["train_pairs"] > summary["data"]["validation_pairs"] > 0
+    assert summary["generation"]["samples"] == summary["data"]["validation_pairs"]  # fewer than 200
+    assert {"prediction", "bleu", "chrf", "exact_match"} <= summary["baselines"]["most_frequent_target"].keys()
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval_bleu" in r] == [2, 4]
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert type(model).__name__ == "MiniTransformerForSeq2SeqLM" and model.config.is_encoder_decoder
+    assert model.generation_config.decoder_start_token_id == tokenizer.bos_token_id
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+    assert model.generation_config.max_new_tokens == 16
+
+    shown = run_script(tmp_path, "show_model.py", str(out), "--num_examples", "2")
+    assert f"perplexity {metrics['perplexity']:.2f} (recorded" in shown
+    assert shown.count("greedy:") == shown.count("beam 4:") == 2
+
+
+def write_pairs(path: Path, sources: list[str], targets: list[str], columns=("code", "summary")):
+    table = Dataset.from_dict({columns[0]: sources, columns[1]: targets})
+    table.to_json(path) if path.suffix == ".jsonl" else table.to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_seq2seq_reads_named_columns_of_a_file(tmp_path, suffix):
+    sources = [f"def f{i}(x):\n    return x * {i}\n" for i in range(60)]
+    write_pairs(tmp_path / f"pairs{suffix}", sources, [f"Multiply x by {i}." for i in range(60)])
+    out = tmp_path / "run"
+    train.main([*TINY, "--task", "seq2seq", "--train_file", str(tmp_path / f"pairs{suffix}"), "--source_column",
+                "code", "--target_column", "summary", "--max_train_steps", "2", "--output_dir", str(out)])
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert (summary["data"]["train_pairs"], summary["data"]["validation_pairs"]) == (57, 3)  # the last 5 %
+    assert summary["generation"]["samples"] == 3
+    assert {"loss", "bleu", "chrf", "exact_match"} <= summary["final_eval"].keys()
+
+
+def test_seq2seq_missing_column_is_a_value_error(tmp_path):
+    write_pairs(tmp_path / "pairs.jsonl", ["def f(): return 1"] * 20, ["One."] * 20)
+    argv = [*TINY, "--task", "seq2seq", "--train_file", str(tmp_path / "pairs.jsonl"), "--target_column", "summary",
+            "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match=r"has no column 'source'; its columns are \['code', 'summary'\]. Pick "
+                                         r"one with --source_column"):
+        train.main(argv)
+
+
+def test_seq2seq_overfits_a_few_pairs(tmp_path):
+    """Four pairs seen over and over: greedy generation must give back every target exactly."""
+    sources = ["def add(a, b):\n    return a + b\n", "def neg(x):\n    return -x\n",
+               "def first(items):\n    return items[0]\n", "def is_empty(s):\n    return not s\n"]
+    targets = ["Return the sum of a and b.", "Negate x.", "Return the first item.", "Whether s is empty."]
+    write_pairs(tmp_path / "pairs.jsonl", sources, targets, columns=("source", "target"))
+    data = str(tmp_path / "pairs.jsonl")
+    train.main([*TINY, "--task", "seq2seq", "--train_file", data, "--validation_file", data, "--max_train_steps",
+                "100", "--learning_rate", "1e-2", "--num_warmup_steps", "5", "--per_device_train_batch_size", "2",
+                "--gradient_accumulation_steps", "2", "--output_dir", str(tmp_path / "run")])
+    summary = json.loads((tmp_path / "run" / "training_summary.json").read_text())
+    assert summary["final_eval"]["exact_match"] == 1.0, summary["generation"]["examples"]
+    assert summary["final_eval"]["bleu"] == pytest.approx(100.0)
+    assert summary["final_eval"]["loss"] < 0.1
+
+
+def test_seq2seq_resumes_exactly(tmp_path):
+    """6 steps straight equal 3 steps, a checkpoint, and 3 more after resuming from it."""
+    common = [*TINY, *SEQ2SEQ, "--max_train_steps", "6", "--per_device_train_batch_size", "4",
+              "--gradient_accumulation_steps", "2", "--num_warmup_steps", "2", "--checkpointing_steps", "3"]
+    straight = tmp_path / "straight"
+    train.main([*common, "--output_dir", str(straight)])
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    resumed = tmp_path / "resumed"
+    train.main([*common, "--resume_from_checkpoint", str(straight / "checkpoints" / "checkpoint-3"),
+                "--output_dir", str(resumed)])
+    summaries = [json.loads((d / "training_summary.json").read_text()) for d in (straight, resumed)]
+    assert summaries[0]["final_eval"] == summaries[1]["final_eval"]
+    assert summaries[0]["tokens_seen"] == summaries[1]["tokens_seen"]
+    weights = [load_file(str(d / "model.safetensors")) for d in (straight, resumed)]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+@pytest.mark.slow
+def test_seq2seq_generation_metrics_gather_each_pair_once_over_two_processes(tmp_path):
+    """5 pairs in batches of 2 over 2 processes: accelerate repeats one to even out the batches, and the gather must
+    drop it, keeping the dataset order."""
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+               str(ROOT / "scripts" / "train.py"), *TINY, *SEQ2SEQ, "--max_target_length", "128",
+               "--max_train_steps", "2", "--per_device_eval_batch_size", "2", "--max_eval_generate_samples", "5",
+               "--output_dir", str(out)]
+    env = {**subprocess_env(tmp_path), "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["generation"]["samples"] == 5
+    targets = load_seq2seq_datasets(Seq2SeqDataArgs(max_corpus_bytes=200000))["validation"]["target"][:5]
+    assert [example["reference"] for example in summary["generation"]["examples"]] == list(targets)
