@@ -24,6 +24,9 @@ shared machine slows them alike; each figure is the median over `--steps` rounds
   before the model was built, so it counts weights, gradients, AdamW state, activations, logits and allocator slack;
   "step peak" is the largest total of tensor bytes the next train step allocates on top of what already lives
   (activations, logits, gradients, temporaries), read from the torch profiler's memory events.
+- Training script (`--train_script_steps`, 0 skips it): scripts/train.py trains the preset's causal LM for that many
+  steps in a fresh process (embedded corpus, 1 MB); the median tokens/s of its logging windows after the first is
+  compared with the bare train step of the same model and shapes, timed just before and just after.
 Ratios are ours / theirs: below 1 is better for times and memory, above 1 is better for tokens/s.
 
 GPU section (only with CUDA; skipped with a note otherwise): bf16 autocast training at `--gpu_*` shapes with and
@@ -41,6 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import transformers
@@ -72,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt_len", type=int, default=16, help="Prompt tokens before generation.")
     parser.add_argument("--new_tokens", type=int, default=32, help="Tokens generated per sequence on the CPU.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core).")
+    parser.add_argument("--train_script_steps", type=int, default=60,
+                        help="Optimizer steps of scripts/train.py in the training-script section (0: skip it).")
     parser.add_argument("--skip_cpu", action="store_true", help="Run only the GPU section.")
     parser.add_argument("--skip_gpu", action="store_true", help="Skip the GPU section even with CUDA.")
     parser.add_argument("--gpu_preset", default="base", choices=list(PRESETS), help="Model size on the GPU.")
@@ -275,6 +281,47 @@ def cpu_section(preset: str, args: argparse.Namespace):
     sys.stdout.flush()
 
 
+def bare_tokens_per_second(preset: str, args: argparse.Namespace) -> float:
+    """Median tokens/s of the bare train step of the causal LM train.py builds (preset config, dropout on)."""
+    torch.manual_seed(0)
+    model = MiniTransformerForCausalLM(config_from_preset(preset, vocab_size=args.vocab_size, is_decoder=True)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    batch = make_batch("ours-causal", args.vocab_size, args.batch_size, args.seq_len, 0.0)
+    seconds = interleaved_medians({"bare": lambda: train_step(model, optimizer, batch)}, args.steps, args.warmup)
+    return args.batch_size * args.seq_len / seconds["bare"]
+
+
+def train_script_section(preset: str, args: argparse.Namespace):
+    """scripts/train.py's logged tokens/s against the bare train step of the same model at the same shapes.
+
+    The script runs in a fresh process on the embedded corpus (1 MB of it) with the preset's default config (dropout
+    on, as trained); its tokens/s are the medians of its logging windows after the first. The bare step (forward,
+    backward, AdamW, zero_grad on random tokens) is timed just before and just after, and both medians are printed.
+    """
+    every = max(1, args.train_script_steps // 6)
+    with tempfile.TemporaryDirectory() as output_dir:
+        command = [sys.executable, str(Path(__file__).resolve().parent / "train.py"), "--model_config", preset,
+                   "--output_dir", output_dir, "--max_train_steps", str(args.train_script_steps),
+                   "--logging_steps", str(every), "--block_size", str(args.seq_len), "--per_device_train_batch_size",
+                   str(args.batch_size), "--vocab_size", str(args.vocab_size), "--max_corpus_bytes", "1000000",
+                   "--report_to", "none"]
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+        before = bare_tokens_per_second(preset, args)
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            raise RuntimeError(f"scripts/train.py failed:\n{result.stderr[-3000:]}")
+        after = bare_tokens_per_second(preset, args)
+        log = [json.loads(line) for line in (Path(output_dir) / "train_log.jsonl").read_text().splitlines()]
+    windows = [record["tokens_per_s"] for record in log if "tokens_per_s" in record][1:]
+    script = statistics.median(windows)
+    print(f"\n### {preset}: scripts/train.py against the bare train step, batch {args.batch_size} x {args.seq_len}, "
+          f"vocabulary {args.vocab_size}\n")
+    print("| | bare step before | train.py | bare step after | train.py / bare (mean of both) |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| tokens/s | {before:.0f} | {script:.0f} | {after:.0f} | {script / ((before + after) / 2):.2f}x |")
+    sys.stdout.flush()
+
+
 def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     """6N + 12 L d T (Kaplan et al. / PaLM), N without position tables (they cost no matmul)."""
     config = model.config
@@ -376,6 +423,8 @@ def main():
               f"{transformers.__version__}; medians of {args.steps} interleaved rounds after {args.warmup} warm-up")
         for preset in args.presets:
             cpu_section(preset, args)
+            if args.train_script_steps:
+                train_script_section(preset, args)
     if not args.skip_gpu:
         gpu_section(args)
 

@@ -62,9 +62,11 @@ def test_step_peak_counts_the_tensors_a_step_allocates():
 @pytest.mark.slow
 def test_cpu_benchmark_runs_end_to_end():
     args = ["--presets", "tiny", "--steps", "1", "--warmup", "1", "--batch_size", "2", "--seq_len", "8",
-            "--new_tokens", "2", "--generate_batch_sizes", "1", "--vocab_size", "300", "--threads", "1"]
+            "--new_tokens", "2", "--generate_batch_sizes", "1", "--vocab_size", "300", "--threads", "1",
+            "--train_script_steps", "3"]
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), *args], capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "masked LM vs BERT: step peak tensors, MiB" in result.stdout
+    assert "scripts/train.py against the bare train step" in result.stdout
     assert "GPU section skipped" in result.stdout or "### GPU" in result.stdout
