@@ -88,16 +88,42 @@ def lm_loss_with_fewer_logits(
     `labels` are already aligned with `hidden_states` (shifted, for a causal model). The loss is the mean over scored
     positions, or their sum over `num_items_in_batch` when given (gradient accumulation), as `fixed_cross_entropy`.
     """
+    labels = labels.to(hidden_states.device)
+    # Only the scored positions reach the projection (a masked LM scores ~15%): the rest would be computed to be
+    # ignored.
+    scored = labels != ignore_index
+    hidden_states, labels = hidden_states[scored], labels[scored]  # (scored, hidden), (scored,)
     if logits_with_loss == "labelled":
-        scored = labels != ignore_index
-        logits = lm_head(hidden_states[scored])  # (labelled, vocab)
+        logits = lm_head(hidden_states)  # (scored, vocab)
         logits_for_loss = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        return logits, fixed_cross_entropy(logits_for_loss, labels[scored], num_items_in_batch, ignore_index)
-    hidden_states = hidden_states.reshape(-1, hidden_states.shape[-1])  # (tokens, hidden)
-    labels = labels.reshape(-1).to(hidden_states.device)  # (tokens,)
+        return logits, fixed_cross_entropy(logits_for_loss, labels, num_items_in_batch, ignore_index)
     total = ChunkedLinearCrossEntropy.apply(hidden_states, lm_head.weight, lm_head.bias, labels, ignore_index)
     if num_items_in_batch is None:
-        return None, total / (labels != ignore_index).sum()
+        return None, total / labels.shape[0]
     if torch.is_tensor(num_items_in_batch):
         num_items_in_batch = num_items_in_batch.to(total.device)
     return None, total / num_items_in_batch
+
+
+def lm_logits_and_loss(
+    model: nn.Module,
+    hidden_states: torch.Tensor,
+    labels: torch.Tensor | None,
+    aligned_labels: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(logits, loss) of an LM head (`model.lm_head`) over `hidden_states`, as `model.config.logits_with_loss` asks.
+
+    "all", or no labels: every position is projected, and the loss is the model's transformers loss on `labels`
+    (ForCausalLMLoss shifts them itself). Otherwise the fewer-logits loss scores `aligned_labels`: the labels as
+    aligned with `hidden_states` (default `labels`; the causal head passes them shifted).
+    """
+    config = model.config
+    if labels is None or config.logits_with_loss == "all":
+        logits = model.lm_head(hidden_states)
+        if labels is None:
+            return logits, None
+        return logits, model.loss_function(logits=logits, labels=labels, vocab_size=config.vocab_size, **kwargs)
+    aligned_labels = labels if aligned_labels is None else aligned_labels
+    return lm_loss_with_fewer_logits(model.lm_head, hidden_states, aligned_labels, config.logits_with_loss,
+                                     kwargs.get("num_items_in_batch"))

@@ -42,7 +42,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_minitransformer import MiniTransformerConfig
-from .loss_minitransformer import lm_loss_with_fewer_logits
+from .loss_minitransformer import lm_logits_and_loss
 from .pipelines_minitransformer import CUSTOM_PIPELINES  # imported here, `save_pretrained` copies the file too
 
 
@@ -568,19 +568,7 @@ class MiniTransformerForMaskedLM(MiniTransformerPreTrainedModel):
         outputs = self.model(
             input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
         )
-        hidden_states = outputs.last_hidden_state
-        if labels is None or self.config.logits_with_loss == "all":
-            logits = self.lm_head(hidden_states)
-            loss = None
-            if labels is not None:
-                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        else:
-            if self.config.logits_with_loss == "none":
-                # Only the ~15% masked positions reach the fused loss; the others would be computed to be ignored.
-                scored = labels != -100
-                hidden_states, labels = hidden_states[scored], labels[scored]  # (labelled, hidden), (labelled,)
-            mode, num_items = self.config.logits_with_loss, kwargs.get("num_items_in_batch")
-            logits, loss = lm_loss_with_fewer_logits(self.lm_head, hidden_states, labels, mode, num_items)
+        logits, loss = lm_logits_and_loss(self, outputs.last_hidden_state, labels, **kwargs)
         return MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -632,19 +620,12 @@ class MiniTransformerForCausalLM(MiniTransformerPreTrainedModel, GenerationMixin
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        if labels is None or self.config.logits_with_loss == "all":
-            logits = self.lm_head(hidden_states)
-            loss = None
-            if labels is not None:
-                # ForCausalLMLoss shifts the labels itself and ignores -100.
-                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        else:
-            # Shifted as ForCausalLMLoss does: position t is scored on token t + 1, the last position on nothing.
-            shift_labels = kwargs.get("shift_labels")
-            if shift_labels is None:
-                shift_labels = nn.functional.pad(labels, (0, 1), value=-100)[..., 1:]
-            mode, num_items = self.config.logits_with_loss, kwargs.get("num_items_in_batch")
-            logits, loss = lm_loss_with_fewer_logits(self.lm_head, hidden_states, shift_labels, mode, num_items)
+        shift_labels = kwargs.get("shift_labels")
+        if labels is not None and shift_labels is None:
+            # ForCausalLMLoss shifts the labels itself; the fewer-logits modes get them shifted the same way:
+            # position t is scored on token t + 1, the last position on nothing.
+            shift_labels = nn.functional.pad(labels, (0, 1), value=-100)[..., 1:]
+        logits, loss = lm_logits_and_loss(self, hidden_states, labels, shift_labels, **kwargs)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -762,15 +743,7 @@ class MiniTransformerForSeq2SeqLM(MiniTransformerPreTrainedModel, GenerationMixi
             encoder_attention_mask=attention_mask,
             **kwargs,
         )
-        hidden_states = decoder_outputs.last_hidden_state
-        if labels is None or self.config.logits_with_loss == "all":
-            logits = self.lm_head(hidden_states)
-            loss = None
-            if labels is not None:
-                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        else:
-            mode, num_items = self.config.logits_with_loss, kwargs.get("num_items_in_batch")
-            logits, loss = lm_loss_with_fewer_logits(self.lm_head, hidden_states, labels, mode, num_items)
+        logits, loss = lm_logits_and_loss(self, decoder_outputs.last_hidden_state, labels, **kwargs)
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
