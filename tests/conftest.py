@@ -36,6 +36,18 @@ def make_config(**overrides) -> MiniTransformerConfig:
     return MiniTransformerConfig(**{**TINY, **overrides})
 
 
+def load_script(name: str):
+    """scripts/NAME.py imported as a module (the scripts are not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

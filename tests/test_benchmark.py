@@ -1,6 +1,5 @@
 """scripts/benchmark.py builds like-for-like contenders and measures without crashing; it never asserts a timing."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -8,15 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from .conftest import load_script
+
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 benchmark = load_script("benchmark")

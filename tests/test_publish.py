@@ -1,6 +1,5 @@
 """scripts/publish.py: staging, validation through remote code without the package, the upload calls, bad input."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,13 +11,11 @@ from huggingface_hub import CommitInfo, ModelCard
 from hf_minitransformer import MiniTransformerForCausalLM, MiniTransformerForMaskedLM, MiniTransformerForSeq2SeqLM
 from hf_minitransformer.data import train_bpe_tokenizer
 
-from .conftest import make_config
+from .conftest import load_script, make_config
 
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("publish", ROOT / "scripts" / "publish.py")
-publish = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(publish)
+publish = load_script("publish")
 
 TEXTS = ["def add(a, b):\n    return a + b\n", "class Stack:\n    def push(self, item):\n        pass\n"] * 20
 

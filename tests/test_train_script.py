@@ -6,7 +6,6 @@ config (hidden 32, 2 layers) and a small slice of the embedded corpus.
 """
 
 import ast
-import importlib.util
 import inspect
 import json
 import math
@@ -32,19 +31,14 @@ from hf_minitransformer.data import (
     train_bpe_tokenizer,
 )
 
+from .conftest import load_script
+
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model_config", "tiny", "--config_overrides",
         "hidden_size=32,intermediate_size=64,num_attention_heads=2,hidden_dropout_prob=0.0",
         "--vocab_size", "300", "--block_size", "32", "--max_corpus_bytes", "60000", "--report_to", "none"]
 SENTENCE = "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat by the door.\n"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 train = load_script("train")
