@@ -698,6 +698,7 @@ def prepare_data(args: argparse.Namespace, accelerator: Accelerator, base_config
         tokenizer = load_or_train_tokenizer(args, accelerator, texts, resume_path)
         config = fit_config_to_tokenizer(args, base_config, tokenizer)
         processed, details = tokenize(args, raw, tokenizer, documents)
+        details["tokenizer_size"] = len(tokenizer)  # lets show_model.py and publish.py spot a mixed folder
     logger.info(f"Data: {json.dumps(details)}")
     return PreparedData(data_args, processed, tokenizer, config, details)
 
