@@ -651,7 +651,7 @@ def claim_output_dir(accelerator: Accelerator, args: argparse.Namespace, resume_
 
 
 def lock_and_check_output_dir(args: argparse.Namespace, resume_path: Path | None):
-    """(the locked file, None), or (None or the locked file, why this run may not use the folder)."""
+    """(the locked file, None), or (None, why this run may not use the folder)."""
     output_dir = Path(args.output_dir)
     lock = (output_dir / LOCK_FILE).open("a+")
     try:
@@ -662,23 +662,24 @@ def lock_and_check_output_dir(args: argparse.Namespace, resume_path: Path | None
         lock.close()
         return None, (f"--output_dir {args.output_dir!r} is in use by another training run ({holder}); wait for "
                       "it to end, or pick another --output_dir.")
+    entries = sorted(path.name for path in output_dir.iterdir() if path.name != LOCK_FILE)
+    if entries and not resuming_in_output_dir(resume_path, args.output_dir):
+        if not args.overwrite_output_dir:
+            lock.close()
+            shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
+            return None, (f"--output_dir {args.output_dir!r} already holds files ({shown}). Pass "
+                          "--overwrite_output_dir to replace that run, --resume_from_checkpoint latest to continue "
+                          "it, or another --output_dir.")
+        removed = sorted({path.name for pattern in RUN_FILES for path in output_dir.glob(pattern)})
+        for name in removed:
+            path = output_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        logger.warning(f"--overwrite_output_dir: removed the earlier run's {', '.join(removed) or 'nothing'} from "
+                       f"{args.output_dir}.")
     lock.seek(0)
-    lock.truncate()
+    lock.truncate()  # who holds the folder, for the message of a run refused meanwhile
     lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     lock.flush()
-    entries = sorted(path.name for path in output_dir.iterdir() if path.name != LOCK_FILE)
-    if not entries or resuming_in_output_dir(resume_path, args.output_dir):
-        return lock, None
-    if not args.overwrite_output_dir:
-        shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
-        return lock, (f"--output_dir {args.output_dir!r} already holds files ({shown}). Pass --overwrite_output_dir "
-                      "to replace that run, --resume_from_checkpoint latest to continue it, or another --output_dir.")
-    removed = sorted({path.name for pattern in RUN_FILES for path in output_dir.glob(pattern)})
-    for name in removed:
-        path = output_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    logger.warning(f"--overwrite_output_dir: removed the earlier run's {', '.join(removed) or 'nothing'} from "
-                   f"{args.output_dir}.")
     return lock, None
 
 
