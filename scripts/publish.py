@@ -160,7 +160,7 @@ def check_one_run(model_dir: Path, summary: dict):
 
 def local_paths(model_dir: Path, summary: dict) -> list[str]:
     """Absolute paths of this machine that must not appear in a published file."""
-    paths = {str(model_dir.resolve()), str(Path.cwd()), str(Path.home()), str(REPO_ROOT), sys.prefix,
+    paths = {str(model_dir.resolve().parent), str(Path.cwd()), str(Path.home()), str(REPO_ROOT), sys.prefix,
              sys.base_prefix, sysconfig.get_paths()["stdlib"], tempfile.gettempdir()}
     data_args = summary.get("data", {}).get("args") or {}
     for name in ("train_file", "validation_file", "dataset_name"):
