@@ -39,7 +39,9 @@ lines, next to always answering the most frequent training target:
     python scripts/train.py --output_dir outputs/small-clm --resume_from_checkpoint latest
 
 Outputs in --output_dir: model (safetensors) + config + generation config + tokenizer, `training_summary.json`,
-`train_log.jsonl` (every logged metric), tensorboard events when tensorboard is installed, and `checkpoints/`.
+`train_log.jsonl` (every logged metric), tensorboard events when tensorboard is installed, and `checkpoints/`. A folder
+holds one run: one that already holds files is refused unless the run resumes in it or --overwrite_output_dir is
+given, a run in progress holds a lock on it, and model, tokenizer and summary are written together at the end.
 """
 
 import argparse
