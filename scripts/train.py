@@ -72,6 +72,7 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
 from accelerate.tracking import GeneralTracker, get_available_trackers
 from accelerate.utils import LoggerType, broadcast_object_list, set_seed
+from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import StrictDataclassError
 from huggingface_hub.utils import validate_repo_id
 from torch.utils.data import DataLoader
@@ -339,6 +340,9 @@ def train(args: argparse.Namespace, accelerator: Accelerator, base_config: MiniT
                     f"{baselines['unigram_perplexity']:.2f}"
                     + (f"; most frequent target {format_metrics(most_frequent)}" if most_frequent else "")
                     + f"); saved to {args.output_dir}")
+    # Every rank's collectives (the DDP reducer's included) complete before any process group is torn down: a rank
+    # that destroys its gloo group while work is pending can hang at exit.
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return accelerator.unwrap_model(model)
 
@@ -415,8 +419,10 @@ def check_tokenizer_name(name: str):
         validate_repo_id(name)
     except ValueError:
         raise ValueError(f"--tokenizer_name {name!r}: no such folder (and not a Hub repo id either).") from None
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        raise ValueError(f"--tokenizer_name {name!r}: no such folder, and the Hub is offline (HF_HUB_OFFLINE).")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    if offline and not isinstance(try_to_load_from_cache(name, "tokenizer_config.json"), str):
+        raise ValueError(f"--tokenizer_name {name!r}: no such folder, and the Hub is offline (HF_HUB_OFFLINE) with "
+                         "no cached copy of that repo.")
 
 
 def resuming_in_output_dir(resume_path: Path | None, output_dir: str) -> bool:
