@@ -305,3 +305,13 @@ def test_script_arguments_are_checked_when_parsed(capsys, module, args, message)
         script.parse_args(args)
     assert exit_info.value.code != 0
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+
+
+def test_show_model_refuses_a_folder_that_mixes_two_runs(tmp_path):
+    from .test_publish import edit_summary, training_output
+
+    source = training_output(tmp_path / "run")
+    edit_summary(source, data__tokenizer_size=4096)  # the tokenizer in the folder is not the one training used
+    with pytest.raises(ValueError, match=r"mixes two runs: its tokenizer has \d+ tokens, the model's vocab_size is "
+                                         r"\d+, and training used a tokenizer of 4096 tokens"):
+        show_model.main([str(source)])
