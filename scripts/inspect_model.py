@@ -28,14 +28,14 @@ import hf_minitransformer  # noqa: F401  (registers MiniTransformer with the Aut
 from hf_minitransformer.walkthrough import Stage, Walkthrough, top_predictions, trace
 
 
-# The document's sections (its Chinese headings in brackets) and the stages each one holds.
+# The document's sections, by the `kind` of the stages each one holds.
 SECTIONS = [
-    ("embeddings", "Input and embedding (输入与嵌入层): X is n x d_model, plus the positional encoding PE"),
-    ("self_attn", "Self-attention (自注意力机制), multi-head (多头注意力): Q_i, K_i, V_i, "
-                  "softmax(Q_i K_i^T / sqrt(d_k)) V_i, Concat W_O, then Add & Norm (残差连接与层归一化)"),
+    ("embeddings", "Input and embedding: X is n x d_model, plus the positional encoding PE"),
+    ("self_attn", "Self-attention, multi-head: Q_i, K_i, V_i, "
+                  "softmax(Q_i K_i^T / sqrt(d_k)) V_i, Concat W_O, then Add & Norm"),
     ("masked_self_attn", "Masked self-attention of the decoder: position t sees positions <= t only"),
     ("cross_attn", "Cross-attention: queries from the decoder, K and V from the encoder output"),
-    ("ffn", "Feed-forward network (前馈神经网络): FFN(Z) = ReLU(Z W_1 + b_1) W_2 + b_2, then Add & Norm"),
+    ("ffn", "Feed-forward network: FFN(Z) = ReLU(Z W_1 + b_1) W_2 + b_2, then Add & Norm"),
     ("", "Layer output"),
     ("output", "Output: final hidden states, logits, next-token probabilities"),
 ]

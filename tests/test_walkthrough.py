@@ -1,5 +1,6 @@
-"""hf_minitransformer.walkthrough and scripts/inspect_model.py: the source document's data flow traced on a real forward
-pass (the traced tensors are the model's own), the table, the figures and the page, which a real browser renders.
+"""hf_minitransformer.walkthrough and scripts/inspect_model.py: the source document's data flow traced on a real
+forward pass (the traced tensors are the model's own), the table, the figures and the page, which a real browser
+renders.
 """
 
 import os
