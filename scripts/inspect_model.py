@@ -151,10 +151,11 @@ def plot_attention(walkthrough: Walkthrough, stage: Stage, path: Path, dpi: int)
         ax.set_yticks(range(len(queries)), [repr(t)[1:-1] for t in queries], fontsize=7)
     where = f"{stage.stack} " if stage.stack else ""
     label = {"self_attn": "self-attention", "masked_self_attn": "masked self-attention",
-             "cross_attn": "cross-attention (rows: target, columns: source)"}[stage.kind]
-    fig.suptitle(f"{where}layer {stage.layer}: {label}", fontsize=10)
+             "cross_attn": "cross-attention (columns: source)"}[stage.kind]
+    rows_are = "; rows: decoder inputs, each predicting the next token" if stage.stack == "decoder" else ""
+    fig.suptitle(f"{where}layer {stage.layer}: {label}{rows_are}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -170,7 +171,7 @@ def plot_position_encoding(walkthrough: Walkthrough, stage: Stage, path: Path, d
     ax.set_title(f"{stage.title}: PE (n x d_model)", fontsize=10)
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
 
 
