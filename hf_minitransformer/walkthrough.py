@@ -53,6 +53,10 @@ class Walkthrough:
     sizes: dict[str, int]  # the document's sizes: n (and m), d_model, h, d_k, d_ff, N (layers), vocab
     logits: torch.Tensor  # (positions, vocab) of the model's own output
     last_hidden_state: torch.Tensor  # (positions, d_model): the last stack's output, which the head projects
+    # Where the model's prediction is read: the last position for a causal LM or a decoder (the token after the
+    # input), the first mask token (else the last position) for a masked LM (the token at that position).
+    prediction_position: int = -1
+    predicts: str = "the token after the last one"  # what the probabilities at prediction_position are about
 
     def __getitem__(self, name: str) -> Stage:
         for stage in self.stages:
@@ -146,7 +150,13 @@ def trace(
             handle.remove()
         model.set_attn_implementation(previous_implementation)
         model.train(was_training)
-    return recorder.walkthrough(outputs.logits[0], tokens, tokenizer)
+    walkthrough = recorder.walkthrough(outputs.logits[0], tokens, tokenizer)
+    if not (config.is_decoder or config.is_encoder_decoder):  # a masked LM predicts the token at a position
+        masks = (inputs["input_ids"][0] == tokenizer.mask_token_id).nonzero() if tokenizer.mask_token else []
+        position = int(masks[0, 0]) if len(masks) else len(tokens["input"]) - 1
+        walkthrough.prediction_position = position
+        walkthrough.predicts = f"the token at position {position} ({tokens['input'][position]!r})"
+    return walkthrough
 
 
 def _model_inputs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, target: str | None
@@ -207,6 +217,7 @@ class _Recorder:
     def attach(self) -> list:
         handles = []
         for stack_name, stack in self.stacks:
+            handles.append(stack.register_forward_pre_hook(self._stack_in(stack_name), with_kwargs=True))
             handles.append(stack.embeddings.register_forward_pre_hook(self._embeddings_in(stack_name),
                                                                       with_kwargs=True))
             handles.append(stack.embeddings.register_forward_hook(self._embeddings_out(stack_name)))
@@ -258,6 +269,14 @@ class _Recorder:
     def _input_hook(self, stack, layer, kind, short, title, symbol, dims):
         def hook(module, args):
             self.add(stack, layer, kind, short, title, symbol, dims, args[0])
+        return hook
+
+    def _stack_in(self, stack: str):
+        def hook(module, args, kwargs):
+            input_ids = args[0] if args else kwargs.get("input_ids")
+            if input_ids is not None:
+                self.add(stack, None, "embeddings", "ids", "Token ids", "tokens", (self.length_name(stack),),
+                         input_ids)
         return hook
 
     def _embeddings_in(self, stack: str):
@@ -347,9 +366,10 @@ def _stacks(model: PreTrainedModel) -> list[tuple[str, nn.Module]]:
     return [("", model.base_model)]
 
 
-def top_predictions(walkthrough: Walkthrough, tokenizer: PreTrainedTokenizerBase, position: int = -1, k: int = 5
-                    ) -> list[tuple[str, float]]:
-    """The `k` most probable next tokens at `position` with their probabilities."""
+def top_predictions(walkthrough: Walkthrough, tokenizer: PreTrainedTokenizerBase, position: int | None = None,
+                    k: int = 5) -> list[tuple[str, float]]:
+    """The `k` most probable tokens at `position` (default: `walkthrough.prediction_position`), with probabilities."""
+    position = walkthrough.prediction_position if position is None else position
     probabilities = walkthrough["probabilities"].tensor[position]
     values, ids = probabilities.topk(min(k, probabilities.numel()))
     return [(_token_strings(tokenizer, ids[i : i + 1])[0], float(values[i])) for i in range(len(ids))]

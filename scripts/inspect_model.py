@@ -96,7 +96,7 @@ def table_rows(walkthrough: Walkthrough, tokenizer) -> list[tuple[str, str, str,
         values = values_text(stage)
         if stage.name == "probabilities":
             values = ", ".join(f"{token!r} {p:.3f}" for token, p in top_predictions(walkthrough, tokenizer))
-            values = f"after the last token: {values}"
+            values = f"{walkthrough.predicts}: {values}"
         rows.append((stage.name, stage.title, stage.symbol, shape_text(stage, walkthrough.sizes), values))
     return rows
 

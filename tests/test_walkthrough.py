@@ -19,7 +19,7 @@ from hf_minitransformer import (
     MiniTransformerForSeq2SeqLM,
 )
 from hf_minitransformer.data import train_bpe_tokenizer
-from hf_minitransformer.walkthrough import trace
+from hf_minitransformer.walkthrough import top_predictions, trace
 
 from .conftest import load_script, make_config
 
@@ -156,7 +156,9 @@ def test_causal_scores_are_masked_and_stages_come_in_document_order(tokenizer):
     shorts = [name.split(".", 2)[-1] for name in walkthrough.names() if name.startswith("layer0.")]
     assert shorts == ["Q", "K", "V", "scores", "weights", "heads", "multihead", "add_norm", "hidden", "output",
                       "add_norm", "output"]
-    assert walkthrough.names()[:3] == ["embeddings.tokens", "embeddings.positions", "embeddings.sum"]
+    assert walkthrough.names()[:4] == ["embeddings.ids", "embeddings.tokens", "embeddings.positions", "embeddings.sum"]
+    input_ids = tokenizer("the cat sat on the mat", add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    assert torch.equal(walkthrough["embeddings.ids"].tensor, input_ids)
     assert walkthrough.names()[-3:] == ["final.hidden", "logits", "probabilities"]
 
 
@@ -168,6 +170,16 @@ def test_variants_trace_the_same_logits(overrides, tokenizer):
     logits, hidden_states, _ = own_forward(model, tokenizer, "the cat sat", None)
     assert torch.equal(walkthrough.logits, logits)
     assert ("embeddings.positions" in walkthrough.names()) == (overrides.get("position_embedding_type") != "rotary")
+
+
+def test_masked_lm_predicts_at_its_first_mask(tokenizer):
+    model = build("mlm", tokenizer)
+    walkthrough = trace(model, tokenizer, f"the {tokenizer.mask_token} sat on the mat")
+    position = walkthrough.tokens["input"].index(tokenizer.mask_token)
+    assert walkthrough.prediction_position == position and f"position {position}" in walkthrough.predicts
+    top = top_predictions(walkthrough, tokenizer, k=3)
+    probabilities = walkthrough["probabilities"].tensor[position]
+    assert [p for _, p in top] == pytest.approx(probabilities.topk(3).values.tolist())
 
 
 def test_bad_input_is_a_value_error(tokenizer):
@@ -215,7 +227,8 @@ def test_inspect_prints_the_table_and_writes_the_figures(inspected):
     first = walkthrough["encoder.embeddings.sum"].tensor[0, :4].tolist()
     row = next(line for line in lines if line.startswith("encoder.embeddings.sum "))
     assert "[" + ", ".join(f"{v:.3g}" for v in first) + ", ...]" in row
-    assert next(line for line in lines if line.startswith("probabilities ")).count("after the last token:") == 1
+    row = next(line for line in lines if line.startswith("probabilities "))
+    assert row.count("the token after the last one:") == 1
 
     expected = {"positional_encoding.png", "walkthrough.html", "walkthrough.tsv"} | {
         f"attention_{stack}_layer{i}_{kind}.png" for i in range(2)
