@@ -21,7 +21,7 @@ from hf_minitransformer import (
 from hf_minitransformer.data import train_bpe_tokenizer
 from hf_minitransformer.walkthrough import top_predictions, trace
 
-from .conftest import load_script, make_config
+from .conftest import load_script, make_config, run_python
 
 
 TEXTS = ["March 14th, 1987", "1987-03-14", "the cat sat on the mat", "def add(a, b): return a + b"]
@@ -189,6 +189,39 @@ def test_bad_input_is_a_value_error(tokenizer):
     with pytest.raises(ValueError, match="text must be a non-empty string"):
         trace(model, tokenizer, "")
     assert model.config._attn_implementation == "sdpa"
+
+
+REMOTE_CODE_TRACE = """
+import sys
+import torch
+import transformers
+
+folder = sys.argv[1]
+model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()
+tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+# Imported after loading: the package registers its own classes with the Auto classes, which would win.
+from hf_minitransformer.walkthrough import trace
+walkthrough = trace(model, tokenizer, "March 14th, 1987", "1987-03-14")
+torch.save({"module": type(model).__module__, "logits": walkthrough.logits,
+            "weights": walkthrough["decoder.layer1.cross_attn.weights"].tensor,
+            "implementation": model.config._attn_implementation}, f"{folder}/traced.pt")
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter loading remote code: ~10 s
+def test_a_model_loaded_through_remote_code_traces_the_same(tokenizer, tmp_path):
+    """A downloaded folder runs its own copy of the modeling code (trust_remote_code): the trace uses that copy's
+    eager attention, and gives what the installed package's model gives."""
+    model = build("seq2seq", tokenizer)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    result = run_python(REMOTE_CODE_TRACE, tmp_path, str(tmp_path / "model"), block_package=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    traced = torch.load(tmp_path / "model" / "traced.pt")
+    assert traced["module"].startswith("transformers_modules.") and traced["implementation"] == "sdpa"
+    local = trace(model, tokenizer, "March 14th, 1987", "1987-03-14")
+    assert torch.equal(traced["logits"], local.logits)
+    assert torch.equal(traced["weights"], local["decoder.layer1.cross_attn.weights"].tensor)
 
 
 # --- scripts/inspect_model.py --------------------------------------------------------------------------------------
