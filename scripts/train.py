@@ -89,6 +89,7 @@ from transformers import (
     default_data_collator,
     get_scheduler,
 )
+from transformers.trainer_pt_utils import LabelSmoother
 
 import hf_minitransformer  # noqa: F401  (registers MiniTransformer with the Auto classes)
 from hf_minitransformer import (
@@ -98,6 +99,7 @@ from hf_minitransformer import (
     MiniTransformerForSeq2SeqLM,
 )
 from hf_minitransformer.data import (
+    EMBEDDED_SEQ2SEQ_TASKS,
     SPECIAL_TOKENS,
     DataArgs,
     Seq2SeqDataArgs,
@@ -134,6 +136,13 @@ RUN_FILES = ("config.json", "generation_config.json", "model.safetensors", "mode
              "model.safetensors.index.json", "*_minitransformer.py", "tokenizer.json", "tokenizer_config.json",
              "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
              SUMMARY_FILE, LOG_FILE, CHECKPOINTS_DIR, "train", WORK_TOKENIZER)
+# --recipe: the defaults of the optimization flags. "paper" is Vaswani et al. §5.3-5.4: Adam (no weight decay) with
+# beta2 0.98 and eps 1e-9, linear warmup then learning rate ~ 1/sqrt(step), and label smoothing 0.1.
+RECIPES = {
+    "default": {},
+    "paper": {"label_smoothing_factor": 0.1, "adam_beta1": 0.9, "adam_beta2": 0.98, "adam_epsilon": 1e-9,
+              "weight_decay": 0.0, "lr_scheduler_type": "inverse_sqrt"},
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -143,6 +152,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _add_optimization_args(parser.add_argument_group("optimization"))
     _add_output_args(parser.add_argument_group("logging, checkpoints and output"))
     _add_seq2seq_args(parser.add_argument_group("seq2seq data and evaluation (--task seq2seq)"))
+    # A recipe changes the defaults of its flags; a flag given explicitly still wins.
+    recipe = parser.parse_known_args(argv)[0].recipe
+    parser.set_defaults(**RECIPES[recipe])
     return parser.parse_args(argv)
 
 
@@ -180,6 +192,9 @@ def _add_data_args(group: argparse._ArgumentGroup):
                             "data, sources and targets for seq2seq (or reuse the tokenizer of --init_from / of the "
                             "resumed checkpoint).")
     group.add_argument("--vocab_size", type=int, default=4096, help="Vocabulary size of the trained BPE tokenizer.")
+    group.add_argument("--split_digits", action="store_true",
+                       help="The trained BPE tokenizer keeps every digit a token of its own (numbers never seen in "
+                            "training are spelled with known tokens); always on for --embedded_task dates.")
 
 
 def _add_optimization_args(group: argparse._ArgumentGroup):
@@ -200,6 +215,16 @@ def _add_optimization_args(group: argparse._ArgumentGroup):
     group.add_argument("--lr_scheduler_type", default="cosine",
                        help="Any transformers scheduler name (linear, cosine, constant_with_warmup, ...).")
     group.add_argument("--num_warmup_steps", type=int, default=50, help="Linear warmup steps of the scheduler.")
+    group.add_argument("--recipe", choices=tuple(RECIPES), default="default",
+                       help="paper: the training recipe of Vaswani et al. (label smoothing 0.1, Adam betas (0.9, "
+                            "0.98), eps 1e-9, no weight decay, inverse_sqrt schedule after --num_warmup_steps); flags "
+                            "given explicitly override it.")
+    group.add_argument("--label_smoothing_factor", type=float, default=0.0,
+                       help="Label smoothing of the training loss (transformers' LabelSmoother; the paper uses 0.1). "
+                            "The evaluation loss stays plain cross-entropy.")
+    group.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
+    group.add_argument("--adam_beta2", type=float, default=0.95, help="AdamW beta2 (the paper: 0.98).")
+    group.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon (the paper: 1e-9).")
     group.add_argument("--mlm_probability", type=float, default=0.15, help="Fraction of tokens masked (mlm task).")
     group.add_argument("--mixed_precision", choices=MIXED_PRECISION, default=None,
                        help="Override the launcher's mixed precision; bf16 works on CPU, fp16 needs a GPU.")
@@ -227,6 +252,10 @@ def _add_output_args(group: argparse._ArgumentGroup):
 def _add_seq2seq_args(group: argparse._ArgumentGroup):
     group.add_argument("--source_column", default="source", help="The column holding the source (input) text.")
     group.add_argument("--target_column", default="target", help="The column holding the target (output) text.")
+    group.add_argument("--embedded_task", choices=EMBEDDED_SEQ2SEQ_TASKS, default="docstrings",
+                       help="The pairs used without --dataset_name or --train_file: docstrings (a standard-library "
+                            "function's code -> its docstring's first line) or dates (a date in one of 19 human "
+                            "formats -> ISO 8601, validated on years never trained on).")
     group.add_argument("--max_source_length", type=int, default=256, help="Source tokens kept (truncated after).")
     group.add_argument("--max_target_length", type=int, default=32,
                        help="Target tokens kept, the closing end-of-sequence token included.")
@@ -359,6 +388,7 @@ def check_args(args: argparse.Namespace) -> tuple[MiniTransformerConfig, Path | 
                  "generation_max_new_tokens"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise ValueError(f"--{name} must be positive when given, got {getattr(args, name)}.")
+    check_recipe_args(args)
     if args.max_target_length < 2:
         raise ValueError(f"--max_target_length must be at least 2 (a token and the end-of-sequence token), got "
                          f"{args.max_target_length}.")
@@ -427,6 +457,14 @@ def check_tokenizer_name(name: str):
 
 def resuming_in_output_dir(resume_path: Path | None, output_dir: str) -> bool:
     return resume_path is not None and resume_path.resolve().parent == (Path(output_dir) / CHECKPOINTS_DIR).resolve()
+def check_recipe_args(args: argparse.Namespace):
+    if not 0 <= args.label_smoothing_factor < 1:
+        raise ValueError(f"--label_smoothing_factor must lie in [0, 1), got {args.label_smoothing_factor}.")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(args, name) < 1:
+            raise ValueError(f"--{name} must lie in [0, 1), got {getattr(args, name)}.")
+    if args.adam_epsilon <= 0:
+        raise ValueError(f"--adam_epsilon must be positive, got {args.adam_epsilon}.")
 
 
 def sequence_lengths(args: argparse.Namespace) -> dict[str, int]:
@@ -749,7 +787,11 @@ def load_or_train_tokenizer(args: argparse.Namespace, accelerator: Accelerator, 
     if source is None:
         source = str(Path(args.output_dir) / WORK_TOKENIZER)
         if accelerator.is_main_process:
-            tokenizer = train_bpe_tokenizer(texts, args.vocab_size, with_mask_token=args.task == "mlm")
+            # The dates task validates on years never trained on: their digits must be tokens it knows.
+            dates = args.task == "seq2seq" and args.embedded_task == "dates" and not (args.dataset_name or
+                                                                                      args.train_file)
+            tokenizer = train_bpe_tokenizer(texts, args.vocab_size, with_mask_token=args.task == "mlm",
+                                            split_digits=args.split_digits or dates)
             tokenizer.save_pretrained(source)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if args.task == "mlm" and tokenizer.mask_token is None:
@@ -821,7 +863,8 @@ def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.o
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.95))
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                             eps=args.adam_epsilon)
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -854,6 +897,7 @@ class TrainLoop:
         self.optimizer, self.scheduler = optimizer, scheduler
         self.train_dataloader, self.evaluator = train_dataloader, evaluator
         self.tokenizer, self.total_steps = tokenizer, total_steps
+        self.label_smoother = LabelSmoother(args.label_smoothing_factor) if args.label_smoothing_factor else None
 
     def run(self, state: TrainState, num_epochs: int) -> bool:
         """Train until `total_steps` (or `num_epochs`); returns True if --max_train_seconds stopped it earlier."""
@@ -905,7 +949,13 @@ class TrainLoop:
         """One micro-batch; returns (grad norm if the optimizer stepped, detached loss)."""
         grad_norm = None
         with self.accelerator.accumulate(self.model):
-            loss = self.model(**batch).loss
+            if self.label_smoother is None:
+                loss = self.model(**batch).loss
+            else:
+                # As transformers' Trainer does: the model gives logits only, the smoother scores them (the causal
+                # LM's labels are the inputs, shifted here). Seq2seq batches carry their decoder inputs already.
+                outputs = self.model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False)
+                loss = self.label_smoother(outputs, batch["labels"], shift_labels=self.args.task == "clm")
             self.accelerator.backward(loss)
             if self.accelerator.sync_gradients and self.args.max_grad_norm > 0:
                 grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
