@@ -1,0 +1,257 @@
+#!/usr/bin/env python
+"""Convert a Marian (opus-mt) or GPT-2 checkpoint into a MiniTransformer folder, after checking it computes the same.
+
+    python scripts/convert.py Helsinki-NLP/opus-mt-en-de outputs/opus-en-de
+    python scripts/convert.py gpt2 outputs/gpt2
+    python scripts/convert.py path/to/a/local/checkpoint outputs/converted --overwrite
+
+SOURCE is a Hub id or a local folder of a transformers `MarianMTModel`, `GPT2LMHeadModel` or `GPT2Model` checkpoint
+(a `GPT2Model` becomes a causal LM whose output projection is the tied embedding matrix, as GPT2LMHeadModel loads it).
+
+Steps, each of which stops with a message saying what is wrong, before anything is written:
+1. read the source config and refuse anything that cannot be converted exactly (hf_minitransformer/conversion.py);
+2. load the source in float32, convert the weights;
+3. run both models on sample inputs (the tokenizer's encoding of a few sentences, source and target side for Marian,
+   and random token ids with padding): float32 logits must agree to 1e-4 with the same argmax everywhere, and greedy
+   and beam-4 `generate` must give the same tokens; print the figures;
+4. write the folder under a temporary name, reload it with AutoModelFor... and check its logits equal the converted
+   model's bit for bit, then rename it: safetensors, config.json with auto_map, the code files, the source's tokenizer,
+   generation_config.json with the source's generation defaults, and a README.md model card naming the source, its
+   license and the figures.
+"""
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from huggingface_hub import ModelCard, ModelCardData
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    GPT2LMHeadModel,
+    MarianMTModel,
+)
+
+import hf_minitransformer  # noqa: F401  (registers MiniTransformer with the Auto classes)
+from hf_minitransformer.conversion import compare_models, conversion_is_exact, convert_config, convert_model
+
+
+SAMPLE_SOURCES = [
+    "The weather is nice today.",
+    "Machine translation has improved a lot in the last ten years, thanks to attention.",
+    "Where is the train station?",
+]
+SAMPLE_TARGETS = [
+    "Das Wetter ist heute schön.",
+    "Die maschinelle Übersetzung hat sich dank Aufmerksamkeit stark verbessert.",
+    "Wo ist der Bahnhof?",
+]
+# Per source model_type: the transformers class that loads it, the Auto class and pipeline of the converted folder.
+FAMILIES = {
+    "marian": dict(source_class=MarianMTModel, auto_class=AutoModelForSeq2SeqLM, pipeline_tag="translation"),
+    "gpt2": dict(source_class=GPT2LMHeadModel, auto_class=AutoModelForCausalLM, pipeline_tag="text-generation"),
+}
+ATOL = 1e-4
+MIN_PROMPT = 12  # random-id prompts have this many tokens
+
+
+class ConversionMismatchError(ValueError):
+    """The converted model does not compute what the source computes; nothing was written."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", help="Hub id or local folder of a MarianMTModel, GPT2LMHeadModel or GPT2Model.")
+    parser.add_argument("output_dir", help="Folder to write; must not exist unless --overwrite.")
+    parser.add_argument("--revision", default=None, help="Branch, tag or commit of a Hub source.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace OUTPUT_DIR if it exists.")
+    parser.add_argument("--max_new_tokens", type=int, default=20, help="Tokens each checked generation produces.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the random-id sample inputs.")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Convert, check, write; returns the written folder."""
+    args = parse_args(argv)
+    output = Path(args.output_dir)
+    if output.exists() and not args.overwrite:
+        raise ValueError(f"{str(output)!r} already exists; pass --overwrite to replace it, or choose another folder.")
+    source_config = AutoConfig.from_pretrained(args.source, revision=args.revision)
+    convert_config(source_config)  # refuses what cannot be converted before any weight is downloaded or loaded
+    most = source_config.max_position_embeddings - MIN_PROMPT
+    if not 1 <= args.max_new_tokens <= most:
+        raise ValueError(f"--max_new_tokens must lie in [1, {most}]: a {MIN_PROMPT}-token prompt and the new tokens "
+                         f"must fit the model's {most + MIN_PROMPT} positions; got {args.max_new_tokens}.")
+    family = FAMILIES[source_config.model_type]
+    source = load_source(family["source_class"], args.source, args.revision)
+    tokenizer = load_tokenizer(args.source, args.revision)
+
+    target, notes = convert_model(source)
+    for note in notes:
+        print(f"note: {note}")
+    batches, prompts = sample_inputs(source, tokenizer, args.seed, args.max_new_tokens)
+    figures = compare_models(source, target, batches, prompts, max_new_tokens=args.max_new_tokens)
+    print_figures(figures)
+    if not conversion_is_exact(figures, atol=ATOL):
+        raise ConversionMismatchError(
+            f"The converted model does not reproduce {args.source} (needed: logits within {ATOL}, argmax agreement "
+            f"1.0, identical generations); got {figures}. Nothing was written."
+        )
+    write_folder(output, target, tokenizer, family, card(args.source, args.revision, source, figures, family),
+                 batches[0], overwrite=args.overwrite)
+    print(f"Wrote {output}")
+    return output
+
+
+def load_source(source_class, source: str, revision: str | None):
+    """The source in float32, eval mode; refuses a checkpoint that lacks weights (they would be random)."""
+    model, info = source_class.from_pretrained(source, revision=revision, dtype=torch.float32,
+                                               output_loading_info=True)
+    if info["missing_keys"]:
+        raise ValueError(f"{source} lacks weights {sorted(info['missing_keys'])}: a {source_class.__name__} loaded "
+                         "from it would be partly random, so there is nothing exact to convert.")
+    return model.eval()
+
+
+def load_tokenizer(source: str, revision: str | None):
+    """The source's tokenizer, or None (with a note) when the checkpoint has none."""
+    try:
+        return AutoTokenizer.from_pretrained(source, revision=revision)
+    except (OSError, ValueError) as error:
+        print(f"note: no tokenizer loads from {source} ({error}); checking on random token ids only, and the folder "
+              "will have no tokenizer.")
+        return None
+
+
+def sample_inputs(source, tokenizer, seed: int, max_new_tokens: int) -> tuple[list[dict], list[dict]]:
+    """Forward batches and generation prompts: the sample sentences through the tokenizer, and random token ids with
+    padding (right padding for Marian sources, left padding for GPT-2 prompts, as each is used). Prompts are cut so
+    that prompt and generated tokens fit the positions the model has."""
+    config = source.config
+    room = config.max_position_embeddings - max_new_tokens
+    generator = torch.Generator().manual_seed(seed)
+    random_ids = torch.randint(0, config.vocab_size, (2, MIN_PROMPT), generator=generator)
+    mask = torch.ones_like(random_ids)
+    if config.model_type == "marian":
+        mask[1, 8:] = 0
+        random_batch = dict(input_ids=random_ids, attention_mask=mask,
+                            decoder_input_ids=torch.randint(0, config.vocab_size, (2, 9), generator=generator))
+        batches, prompts = [random_batch], [dict(input_ids=random_ids, attention_mask=mask)]
+        if tokenizer is not None:
+            encoded = tokenizer(SAMPLE_SOURCES, text_target=SAMPLE_TARGETS, padding=True, truncation=True,
+                                max_length=room, return_tensors="pt")
+            decoder_input_ids = source.prepare_decoder_input_ids_from_labels(encoded["labels"])
+            batches.append(dict(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
+                                decoder_input_ids=decoder_input_ids))
+            prompts.append(dict(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]))
+        return batches, prompts
+    mask[1, :4] = 0  # left padding
+    pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+    batches = [dict(input_ids=random_ids, attention_mask=mask)]
+    prompts = [dict(input_ids=random_ids, attention_mask=mask, pad_token_id=pad)]
+    if tokenizer is not None:
+        for text in SAMPLE_SOURCES:
+            encoded = tokenizer(text, truncation=True, max_length=room, return_tensors="pt")
+            batches.append(dict(encoded))
+            prompts.append(dict(encoded, pad_token_id=pad))
+    return batches, prompts
+
+
+def print_figures(figures: dict):
+    print(f"logits max abs diff (float32): {figures['logits_max_abs_diff']:.3g} (allowed {ATOL})")
+    print(f"hidden states max abs diff: {figures['hidden_states_max_abs_diff']:.3g}")
+    print(f"same argmax: {figures['argmax_agreement']:.4f} of {figures['positions']} positions")
+    print(f"greedy generate, identical sequences: {figures['greedy_identical_sequences']}")
+    print(f"beam-4 generate, identical sequences: {figures['beam4_identical_sequences']}")
+
+
+def source_license(source: str, revision: str | None) -> str | None:
+    """The `license` field of the source's model card (README.md), if it has one."""
+    local = Path(source) / "README.md"
+    try:
+        source_card = ModelCard.load(local) if local.is_file() else ModelCard.load(source, revision=revision)
+    except Exception:  # no card, offline, or unparsable: the card then says the license is unknown
+        return None
+    return source_card.data.to_dict().get("license")
+
+
+def card(source: str, revision: str | None, model, figures: dict, family: dict) -> ModelCard:
+    license_id = source_license(source, revision)
+    head = {"translation": "MiniTransformerForSeq2SeqLM", "text-generation": "MiniTransformerForCausalLM"}
+    auto = family["auto_class"].__name__
+    data = ModelCardData(
+        license=license_id or "other",
+        base_model=source if not Path(source).exists() else None,
+        library_name="transformers",
+        pipeline_tag=family["pipeline_tag"],
+        tags=["minitransformer", "converted", model.config.model_type],
+    )
+    license_line = (f"The source's card gives the license `{license_id}`, which applies to these weights."
+                    if license_id else "The source's card states no license: check the source's terms before use.")
+    content = f"""---
+{data.to_yaml()}
+---
+
+# {Path(source).name} as MiniTransformer
+
+These weights are **converted** from `{source}`{f" (revision `{revision}`)" if revision else ""}, a transformers
+`{type(model).__name__}` checkpoint, into a {head[family["pipeline_tag"]]} (the classic Transformer written as a
+transformers model by the hf_minitransformer project) with its `scripts/convert.py`. No training was done: the
+model computes what the source computes. {license_line}
+
+Checked before this folder was written (float32, sample sentences and random token ids):
+
+| figure | value |
+| --- | --- |
+| logits, max abs difference | {figures["logits_max_abs_diff"]:.3g} |
+| same argmax | {figures["argmax_agreement"]:.4f} of {figures["positions"]} positions |
+| greedy `generate`, identical sequences | {figures["greedy_identical_sequences"]} |
+| beam-4 `generate`, identical sequences | {figures["beam4_identical_sequences"]} |
+
+## Load
+
+```python
+from transformers import {auto}, AutoTokenizer
+
+model = {auto}.from_pretrained("<this folder or repo>", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>", trust_remote_code=True)
+```
+
+With `hf_minitransformer` installed, `import hf_minitransformer` and drop `trust_remote_code`.
+"""
+    return ModelCard(content)
+
+
+def write_folder(output: Path, model, tokenizer, family: dict, model_card: ModelCard, batch: dict,
+                 overwrite: bool):
+    """Write under a temporary name, check the folder reloads to the same logits, then rename: a crash or a failed
+    check never leaves a half-written or wrong OUTPUT_DIR."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        model.save_pretrained(partial)  # safetensors, config + auto_map, code files, generation_config.json
+        if tokenizer is not None:
+            tokenizer.save_pretrained(partial)
+        model_card.save(partial / "README.md")
+        reloaded = family["auto_class"].from_pretrained(partial).eval()
+        with torch.no_grad():
+            if not torch.equal(reloaded(**batch).logits, model(**batch).logits):
+                raise ConversionMismatchError(f"The folder written to {partial} does not reload to the same logits.")
+        previous = None
+        if output.exists() and overwrite:  # moved aside, not deleted, until the new folder is in place
+            previous = output.with_name(f".{output.name}.replaced-{partial.name.rsplit('-', 1)[-1]}")
+            output.rename(previous)
+        partial.rename(output)
+        if previous is not None:
+            shutil.rmtree(previous)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+if __name__ == "__main__":
+    main()
