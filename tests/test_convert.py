@@ -185,6 +185,7 @@ def max_logit_difference(ours: torch.Tensor, theirs: torch.Tensor, keep: torch.T
 
 def test_marian_folder_computes_what_the_source_computes(marian_source, marian_converted):
     folder, printed = marian_converted
+    print(printed)  # the script's figures, shown with `pytest -s`
     assert "logits max abs diff" in printed and "beam-4 generate, identical sequences: 5/5" in printed
     source = MarianMTModel.from_pretrained(marian_source).eval()
     converted = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
@@ -277,6 +278,7 @@ def gpt2_batch(tokenizer) -> dict[str, torch.Tensor]:
 
 def test_gpt2_folder_computes_what_the_source_computes(gpt2_source, gpt2_converted):
     folder, printed = gpt2_converted
+    print(printed)
     assert "greedy generate, identical sequences: 5/5" in printed
     source = GPT2LMHeadModel.from_pretrained(gpt2_source).eval()
     converted = AutoModelForCausalLM.from_pretrained(folder).eval()
