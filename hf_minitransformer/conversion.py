@@ -1,4 +1,4 @@
-"""Convert transformers checkpoints of Marian (opus-mt) and GPT-2 into MiniTransformer models with the same outputs.
+"""Convert transformers checkpoints of Marian (opus-mt), GPT-2 and BERT into MiniTransformer models, same outputs.
 
 `scripts/convert.py` is the command line around this module: it loads the source, calls `convert_model`, checks the
 result with `compare_models`, and writes the folder. The modeling file never imports this module, so a converted
@@ -12,6 +12,12 @@ What maps onto existing config fields (no new field was needed):
 * GPT-2: pre-LN with a final LayerNorm -> `layer_norm_position="pre"`; learned positions ->
   `position_embedding_type="learned"`; `gelu_new` -> `hidden_act="gelu_new"`; unscaled embeddings ->
   `scale_embeddings=False`; the tied output projection has no bias -> `lm_head.bias` = 0.
+* BERT: post-LN encoder, learned positions, unscaled embeddings, attention biases, `gelu`, LayerNorm eps 1e-12, the
+  MLM decoder bias -> `lm_head.bias`. Its token-type embeddings, embedding LayerNorm and MLM transform (Linear, act,
+  LayerNorm) had no equivalent: they are the three config fields `type_vocab_size`, `embedding_layer_norm` and
+  `masked_lm_transform`, off by default, so the paper's model builds no module for them and its forward only skips
+  them (`is None` checks). BertModel's pooler (tanh Linear over [CLS], for NSP) is not carried over: its
+  `last_hidden_state` is; sequence classification pools the first token (`classifier_pooling="first"`).
 
 Where the layout differs but the function is the same, the weights are converted rather than a field added, which
 keeps the model as it is:
@@ -41,10 +47,15 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .configuration_minitransformer import MiniTransformerConfig
-from .modeling_minitransformer import MiniTransformerForCausalLM, MiniTransformerForSeq2SeqLM
+from .modeling_minitransformer import (
+    MiniTransformerForCausalLM,
+    MiniTransformerForMaskedLM,
+    MiniTransformerForSeq2SeqLM,
+    MiniTransformerModel,
+)
 
 
-FAMILIES = ("marian", "gpt2")
+FAMILIES = ("marian", "gpt2", "bert")
 # Source activation name -> ours; anything else is refused. (transformers' "swish" is SiLU.)
 ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_new", "silu": "silu", "swish": "silu"}
 # Settings of legacy Marian/BART config.json files that transformers' Marian ignores; only their Marian values match.
@@ -58,6 +69,7 @@ MARIAN_FIXED = {
     "tie_word_embeddings": True,
 }
 GPT2_FIXED = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False}
+BERT_FIXED = {"is_decoder": False, "add_cross_attention": False, "position_embedding_type": "absolute"}
 
 
 def _refuse(source_config, field: str, value, allowed: str):
@@ -85,6 +97,8 @@ def convert_config(source_config) -> tuple[MiniTransformerConfig, list[str]]:
         return _marian_config(source_config)
     if model_type == "gpt2":
         return _gpt2_config(source_config)
+    if model_type == "bert":
+        return _bert_config(source_config)
     raise ValueError(f"Cannot convert model_type={model_type!r}; supported: {', '.join(map(repr, FAMILIES))}.")
 
 
@@ -166,6 +180,40 @@ def _gpt2_config(source) -> tuple[MiniTransformerConfig, list[str]]:
     return config, notes
 
 
+def _bert_config(source) -> tuple[MiniTransformerConfig, list[str]]:
+    for field, allowed in BERT_FIXED.items():
+        value = getattr(source, field, allowed)
+        if value != allowed:
+            _refuse(source, field, value, f"only {allowed!r} converts")
+    config = MiniTransformerConfig(
+        vocab_size=source.vocab_size,
+        hidden_size=source.hidden_size,
+        num_hidden_layers=source.num_hidden_layers,
+        num_attention_heads=source.num_attention_heads,
+        intermediate_size=source.intermediate_size,
+        max_position_embeddings=source.max_position_embeddings,
+        hidden_act=_activation(source, "hidden_act"),
+        position_embedding_type="learned",
+        layer_norm_position="post",
+        scale_embeddings=False,
+        attention_bias=True,
+        type_vocab_size=source.type_vocab_size,
+        embedding_layer_norm=True,
+        masked_lm_transform=True,
+        hidden_dropout_prob=float(source.hidden_dropout_prob),
+        attention_dropout=float(source.attention_probs_dropout_prob),
+        layer_norm_eps=source.layer_norm_eps,
+        initializer_range=source.initializer_range,
+        classifier_pooling="first",
+        classifier_dropout=source.classifier_dropout,
+        pad_token_id=source.pad_token_id,
+        bos_token_id=source.bos_token_id,
+        eos_token_id=source.eos_token_id,
+        tie_word_embeddings=source.tie_word_embeddings,
+    )
+    return config, []
+
+
 def marian_permutation(dim: int) -> torch.Tensor:
     """Indices P with ours[..., i] = marian[..., P[i]]: our column 2k is Marian's sine column k, 2k + 1 its cosine
     column dim/2 + k."""
@@ -207,18 +255,26 @@ def _copy_layer_norm(target: nn.LayerNorm, source: nn.LayerNorm, basis: _Residua
 
 @torch.no_grad()
 def convert_model(source: PreTrainedModel) -> tuple[PreTrainedModel, list[str]]:
-    """A MiniTransformer model computing what `source` (MarianMTModel or GPT2LMHeadModel) computes, in eval mode, with
-    the source's generation defaults; and the notes of `convert_config`. It is built in torch's default dtype (float32
-    unless set otherwise), so under a float64 default its sinusoidal table is exact to float64."""
+    """A MiniTransformer model computing what `source` (MarianMTModel, GPT2LMHeadModel, BertForMaskedLM or BertModel)
+    computes, in eval mode, with the source's generation defaults; and the notes of `convert_config`. It is built in
+    torch's default dtype (float32 unless set otherwise), so under a float64 default its sinusoidal table is exact to
+    float64."""
     config, notes = convert_config(source.config)
     source_type = source.config.model_type
     if source_type == "marian":
         target = MiniTransformerForSeq2SeqLM(config)
         _copy_marian(source, target)
-    else:
+    elif source_type == "gpt2":
         target = MiniTransformerForCausalLM(config)
         _copy_gpt2(source, target)
-    target.generation_config = copy.deepcopy(source.generation_config)  # Marian's beams, max length, bad words
+    else:
+        has_mlm_head = hasattr(source, "cls")
+        target = MiniTransformerForMaskedLM(config) if has_mlm_head else MiniTransformerModel(config)
+        _copy_bert(source, target)
+        if getattr(source, "pooler", None) is not None:
+            notes.append("BertModel's pooler (tanh Linear over [CLS]) is not carried over; last_hidden_state is exact")
+    if getattr(source, "generation_config", None) is not None:  # Marian's beams, max length, bad words
+        target.generation_config = copy.deepcopy(source.generation_config)
     return target.eval(), notes
 
 
@@ -293,38 +349,76 @@ def _copy_gpt2(source: PreTrainedModel, target: MiniTransformerForCausalLM):
     target.lm_head.bias.zero_()  # GPT-2's output projection has no bias
 
 
+def _copy_bert(source: PreTrainedModel, target: PreTrainedModel):
+    bert, ours = source.base_model, target.base_model
+    basis = _ResidualBasis(None)
+    _copy(ours.embeddings.token_embeddings.weight, bert.embeddings.word_embeddings.weight, "word_embeddings")
+    _copy(ours.embeddings.position_embeddings.weight, bert.embeddings.position_embeddings.weight, "positions")
+    _copy(ours.embeddings.token_type_embeddings.weight, bert.embeddings.token_type_embeddings.weight, "token types")
+    _copy_layer_norm(ours.embeddings.layer_norm, bert.embeddings.LayerNorm, basis, "embeddings.LayerNorm")
+    for index, (layer, block) in enumerate(zip(ours.layers, bert.encoder.layer, strict=True)):
+        name = f"encoder.layer.{index}"
+        attention = block.attention
+        for projection, source_name in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
+            linear = getattr(attention.self, source_name)
+            _copy_linear(getattr(layer.self_attn, projection), linear.weight, linear.bias, f"{name}.{source_name}")
+        dense = attention.output.dense
+        _copy_linear(layer.self_attn.o_proj, dense.weight, dense.bias, f"{name}.attention.output.dense")
+        _copy_layer_norm(layer.attn_layer_norm, attention.output.LayerNorm, basis, f"{name}.attention.output")
+        dense = block.intermediate.dense
+        _copy_linear(layer.feed_forward.fc1, dense.weight, dense.bias, f"{name}.intermediate.dense")
+        _copy_linear(layer.feed_forward.fc2, block.output.dense.weight, block.output.dense.bias, f"{name}.output")
+        _copy_layer_norm(layer.ffn_layer_norm, block.output.LayerNorm, basis, f"{name}.output.LayerNorm")
+    if isinstance(target, MiniTransformerForMaskedLM):
+        predictions = source.cls.predictions
+        dense = predictions.transform.dense
+        _copy_linear(target.transform.dense, dense.weight, dense.bias, "cls.predictions.transform.dense")
+        _copy_layer_norm(target.transform.layer_norm, predictions.transform.LayerNorm, basis, "transform.LayerNorm")
+        if not target.config.tie_word_embeddings:
+            _copy(target.lm_head.weight, predictions.decoder.weight, "cls.predictions.decoder")
+        _copy(target.lm_head.bias, predictions.decoder.bias, "cls.predictions.bias")
+
+
 @torch.no_grad()
 def compare_models(source: PreTrainedModel, target: PreTrainedModel, batches: list[dict[str, torch.Tensor]],
                    prompts: list[dict[str, torch.Tensor]], max_new_tokens: int = 20) -> dict[str, float | str]:
     """Run source and converted model side by side; returns the figures that decide whether the conversion is exact.
 
-    `batches`: forward inputs (for an encoder-decoder, with `decoder_input_ids`); logits are compared at every position
-    the (decoder) attention mask keeps. `prompts`: `generate` inputs, decoded greedily and with 4 beams by both.
-    Hidden states are compared in the source's basis (Marian's permuted back).
+    `batches`: forward inputs (for an encoder-decoder, with `decoder_input_ids`); logits (for a bare model, the last
+    hidden state) are compared at every position the (decoder) attention mask keeps. Hidden states are compared in the
+    source's basis (Marian's permuted back). `prompts`: `generate` inputs, decoded greedily and with 4 beams by both
+    (none for models that do not generate).
     """
     perm = marian_permutation(source.config.d_model) if source.config.model_type == "marian" else None
-    logit_diff = hidden_diff = 0.0
-    same_argmax = positions = 0
+    figures = dict(hidden_states_max_abs_diff=0.0, positions=0)
+    same_argmax = 0
     for batch in batches:
         ours, theirs = target(**batch, output_hidden_states=True), source(**batch, output_hidden_states=True)
-        keep = batch.get("decoder_attention_mask", batch.get("attention_mask"))
-        if "decoder_input_ids" in batch and "decoder_attention_mask" not in batch:
-            keep = None  # no decoder padding: every target position counts
-        keep = torch.ones(ours.logits.shape[:2], dtype=torch.bool) if keep is None else keep.bool()
-        logit_diff = max(logit_diff, (ours.logits - theirs.logits)[keep].abs().max().item())
-        same_argmax += (ours.logits.argmax(-1) == theirs.logits.argmax(-1))[keep].sum().item()
-        positions += keep.sum().item()
-        hidden_pairs = (zip(ours.encoder_hidden_states + ours.decoder_hidden_states,
-                            theirs.encoder_hidden_states + theirs.decoder_hidden_states, strict=True)
-                        if perm is not None else zip(ours.hidden_states, theirs.hidden_states, strict=True))
+        has_logits = getattr(theirs, "logits", None) is not None
+        keep = batch.get("attention_mask")
+        if "decoder_input_ids" in batch or keep is None:  # no decoder padding: every target position counts
+            output = ours.logits if has_logits else ours.last_hidden_state
+            keep = torch.ones(output.shape[:2], dtype=torch.bool)
+        keep = keep.bool()
+        figures["positions"] += keep.sum().item()
+        if has_logits:
+            difference = (ours.logits - theirs.logits)[keep].abs().max().item()
+            figures["logits_max_abs_diff"] = max(figures.get("logits_max_abs_diff", 0.0), difference)
+            same_argmax += (ours.logits.argmax(-1) == theirs.logits.argmax(-1))[keep].sum().item()
+        if perm is not None:
+            hidden_pairs = zip(ours.encoder_hidden_states + ours.decoder_hidden_states,
+                               theirs.encoder_hidden_states + theirs.decoder_hidden_states, strict=True)
+        else:
+            hidden_pairs = zip(ours.hidden_states, theirs.hidden_states, strict=True)
         for mine, reference in hidden_pairs:
-            reference = reference if perm is None else reference[..., perm]
-            difference = (mine - reference).abs()
-            if perm is None:  # decoder-only: padded positions are not compared
-                difference = difference[keep]
-            hidden_diff = max(hidden_diff, difference.max().item())
-    figures = dict(logits_max_abs_diff=logit_diff, hidden_states_max_abs_diff=hidden_diff,
-                   argmax_agreement=same_argmax / positions, positions=positions)
+            if perm is None:  # padded positions of a single stack are not compared
+                difference = (mine - reference)[keep]
+            else:
+                difference = mine - reference[..., perm]
+            figures["hidden_states_max_abs_diff"] = max(figures["hidden_states_max_abs_diff"],
+                                                        difference.abs().max().item())
+    if "logits_max_abs_diff" in figures:
+        figures["argmax_agreement"] = same_argmax / figures["positions"]
     for label, num_beams in (("greedy", 1), ("beam4", 4)):
         same = total = 0
         for prompt in prompts:
@@ -334,16 +428,19 @@ def compare_models(source: PreTrainedModel, target: PreTrainedModel, batches: li
             total += expected.shape[0]
             if produced.shape == expected.shape:
                 same += (produced == expected).all(dim=-1).sum().item()
-        figures[f"{label}_identical_sequences"] = f"{same}/{total}"
+        if prompts:
+            figures[f"{label}_identical_sequences"] = f"{same}/{total}"
     return figures
 
 
 def conversion_is_exact(figures: dict[str, float | str], atol: float = 1e-4) -> bool:
-    """The bar the script holds a conversion to: float32 logits within `atol`, the same argmax at every compared
-    position, and identical greedy and beam-4 generations."""
+    """The bar the script holds a conversion to: float32 logits within `atol` with the same argmax at every compared
+    position (a bare model: its hidden states within `atol`), and identical greedy and beam-4 generations."""
     generations_equal = all(
         figures[key].split("/")[0] == figures[key].split("/")[1] for key in figures if key.endswith("_sequences")
     )
+    if "logits_max_abs_diff" not in figures:
+        return figures["hidden_states_max_abs_diff"] <= atol and generations_equal
     return figures["logits_max_abs_diff"] <= atol and figures["argmax_agreement"] == 1.0 and generations_equal
 
 

@@ -1,19 +1,22 @@
 #!/usr/bin/env python
-"""Convert a Marian (opus-mt) or GPT-2 checkpoint into a MiniTransformer folder, after checking it computes the same.
+"""Convert a Marian (opus-mt), GPT-2 or BERT checkpoint into a MiniTransformer folder that computes the same.
 
     python scripts/convert.py Helsinki-NLP/opus-mt-en-de outputs/opus-en-de
     python scripts/convert.py gpt2 outputs/gpt2
+    python scripts/convert.py bert-base-uncased outputs/bert
     python scripts/convert.py path/to/a/local/checkpoint outputs/converted --overwrite
 
-SOURCE is a Hub id or a local folder of a transformers `MarianMTModel`, `GPT2LMHeadModel` or `GPT2Model` checkpoint
-(a `GPT2Model` becomes a causal LM whose output projection is the tied embedding matrix, as GPT2LMHeadModel loads it).
+SOURCE is a Hub id or a local folder of a transformers `MarianMTModel`, `GPT2LMHeadModel`, `GPT2Model`,
+`BertForMaskedLM` or `BertModel` checkpoint. A `GPT2Model` becomes a causal LM whose output projection is the tied
+embedding matrix, as GPT2LMHeadModel loads it; a `BertModel` becomes a `MiniTransformerModel` (AutoModel).
 
 Steps, each of which stops with a message saying what is wrong, before anything is written:
 1. read the source config and refuse anything that cannot be converted exactly (hf_minitransformer/conversion.py);
 2. load the source in float32, convert the weights;
 3. run both models on sample inputs (the tokenizer's encoding of a few sentences, source and target side for Marian,
-   and random token ids with padding): float32 logits must agree to 1e-4 with the same argmax everywhere, and greedy
-   and beam-4 `generate` must give the same tokens; print the figures;
+   sentence pairs for BERT, and random token ids with padding): float32 logits must agree to 1e-4 with the same
+   argmax everywhere (a bare BertModel: its hidden states), and greedy and beam-4 `generate` must give the same tokens;
+   print the figures;
 4. write the folder under a temporary name, reload it with AutoModelFor... and check its logits equal the converted
    model's bit for bit, then rename it: safetensors, config.json with auto_map, the code files, the source's tokenizer,
    generation_config.json with the source's generation defaults, and a README.md model card naming the source, its
@@ -29,9 +32,13 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForCausalLM,
+    AutoModelForMaskedLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
+    BertForMaskedLM,
+    BertModel,
     GPT2LMHeadModel,
     MarianMTModel,
 )
@@ -50,11 +57,19 @@ SAMPLE_TARGETS = [
     "Die maschinelle Übersetzung hat sich dank Aufmerksamkeit stark verbessert.",
     "Wo ist der Bahnhof?",
 ]
-# Per source model_type: the transformers class that loads it, the Auto class and pipeline of the converted folder.
-FAMILIES = {
-    "marian": dict(source_class=MarianMTModel, auto_class=AutoModelForSeq2SeqLM, pipeline_tag="translation"),
-    "gpt2": dict(source_class=GPT2LMHeadModel, auto_class=AutoModelForCausalLM, pipeline_tag="text-generation"),
+# What each kind of source becomes: the transformers class that loads it, our head, its Auto class and pipeline.
+KINDS = {
+    "marian": dict(source_class=MarianMTModel, head="MiniTransformerForSeq2SeqLM", auto_class=AutoModelForSeq2SeqLM,
+                   pipeline_tag="translation"),
+    "gpt2": dict(source_class=GPT2LMHeadModel, head="MiniTransformerForCausalLM", auto_class=AutoModelForCausalLM,
+                 pipeline_tag="text-generation"),
+    "bert-mlm": dict(source_class=BertForMaskedLM, head="MiniTransformerForMaskedLM", auto_class=AutoModelForMaskedLM,
+                     pipeline_tag="fill-mask"),
+    "bert": dict(source_class=BertModel, head="MiniTransformerModel", auto_class=AutoModel,
+                 pipeline_tag="feature-extraction"),
 }
+# BERT checkpoints whose `architectures` carry the MLM head (the NSP head of BertForPreTraining is left out).
+BERT_MLM_ARCHITECTURES = ("BertForMaskedLM", "BertForPreTraining")
 ATOL = 1e-4
 MIN_PROMPT = 12  # random-id prompts have this many tokens
 
@@ -65,7 +80,8 @@ class ConversionMismatchError(ValueError):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", help="Hub id or local folder of a MarianMTModel, GPT2LMHeadModel or GPT2Model.")
+    parser.add_argument("source", help="Hub id or local folder of a MarianMTModel, GPT2LMHeadModel, GPT2Model, "
+                        "BertForMaskedLM or BertModel checkpoint.")
     parser.add_argument("output_dir", help="Folder to write; must not exist unless --overwrite.")
     parser.add_argument("--revision", default=None, help="Branch, tag or commit of a Hub source.")
     parser.add_argument("--overwrite", action="store_true", help="Replace OUTPUT_DIR if it exists.")
@@ -86,7 +102,7 @@ def main(argv: list[str] | None = None) -> Path:
     if not 1 <= args.max_new_tokens <= most:
         raise ValueError(f"--max_new_tokens must lie in [1, {most}]: a {MIN_PROMPT}-token prompt and the new tokens "
                          f"must fit the model's {most + MIN_PROMPT} positions; got {args.max_new_tokens}.")
-    family = FAMILIES[source_config.model_type]
+    family = kind_of(source_config)
     source = load_source(family["source_class"], args.source, args.revision)
     tokenizer = load_tokenizer(args.source, args.revision)
 
@@ -105,6 +121,13 @@ def main(argv: list[str] | None = None) -> Path:
                  batches[0], overwrite=args.overwrite)
     print(f"Wrote {output}")
     return output
+
+
+def kind_of(source_config) -> dict:
+    if source_config.model_type != "bert":
+        return KINDS[source_config.model_type]
+    has_mlm_head = any(name in BERT_MLM_ARCHITECTURES for name in source_config.architectures or [])
+    return KINDS["bert-mlm" if has_mlm_head else "bert"]
 
 
 def load_source(source_class, source: str, revision: str | None):
@@ -149,6 +172,16 @@ def sample_inputs(source, tokenizer, seed: int, max_new_tokens: int) -> tuple[li
                                 decoder_input_ids=decoder_input_ids))
             prompts.append(dict(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]))
         return batches, prompts
+    if config.model_type == "bert":
+        mask[1, 8:] = 0
+        token_type_ids = (torch.arange(MIN_PROMPT) >= 5).long().expand(2, -1)  # a second segment from position 5
+        batches = [dict(input_ids=random_ids, attention_mask=mask, token_type_ids=token_type_ids)]
+        if tokenizer is not None:
+            for pair in (dict(text=SAMPLE_SOURCES), dict(text=SAMPLE_SOURCES, text_pair=SAMPLE_SOURCES[::-1])):
+                encoded = tokenizer(**pair, padding=True, truncation=True, max_length=config.max_position_embeddings,
+                                    return_tensors="pt")
+                batches.append(dict(encoded))
+        return batches, []
     mask[1, :4] = 0  # left padding
     pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
     batches = [dict(input_ids=random_ids, attention_mask=mask)]
@@ -162,11 +195,14 @@ def sample_inputs(source, tokenizer, seed: int, max_new_tokens: int) -> tuple[li
 
 
 def print_figures(figures: dict):
-    print(f"logits max abs diff (float32): {figures['logits_max_abs_diff']:.3g} (allowed {ATOL})")
+    if "logits_max_abs_diff" in figures:
+        print(f"logits max abs diff (float32): {figures['logits_max_abs_diff']:.3g} (allowed {ATOL})")
     print(f"hidden states max abs diff: {figures['hidden_states_max_abs_diff']:.3g}")
-    print(f"same argmax: {figures['argmax_agreement']:.4f} of {figures['positions']} positions")
-    print(f"greedy generate, identical sequences: {figures['greedy_identical_sequences']}")
-    print(f"beam-4 generate, identical sequences: {figures['beam4_identical_sequences']}")
+    if "argmax_agreement" in figures:
+        print(f"same argmax: {figures['argmax_agreement']:.4f} of {figures['positions']} positions")
+    if "greedy_identical_sequences" in figures:
+        print(f"greedy generate, identical sequences: {figures['greedy_identical_sequences']}")
+        print(f"beam-4 generate, identical sequences: {figures['beam4_identical_sequences']}")
 
 
 def source_license(source: str, revision: str | None) -> str | None:
@@ -181,8 +217,13 @@ def source_license(source: str, revision: str | None) -> str | None:
 
 def card(source: str, revision: str | None, model, figures: dict, family: dict) -> ModelCard:
     license_id = source_license(source, revision)
-    head = {"translation": "MiniTransformerForSeq2SeqLM", "text-generation": "MiniTransformerForCausalLM"}
     auto = family["auto_class"].__name__
+    rows = [("logits, max abs difference", "logits_max_abs_diff", "{:.3g}"),
+            ("hidden states, max abs difference", "hidden_states_max_abs_diff", "{:.3g}"),
+            ("same argmax", "argmax_agreement", "{:.4f} of " + str(figures["positions"]) + " positions"),
+            ("greedy `generate`, identical sequences", "greedy_identical_sequences", "{}"),
+            ("beam-4 `generate`, identical sequences", "beam4_identical_sequences", "{}")]
+    table = "\n".join(f"| {label} | {form.format(figures[key])} |" for label, key, form in rows if key in figures)
     data = ModelCardData(
         license=license_id or "other",
         base_model=source if not Path(source).exists() else None,
@@ -199,7 +240,7 @@ def card(source: str, revision: str | None, model, figures: dict, family: dict) 
 # {Path(source).name} as MiniTransformer
 
 These weights are **converted** from `{source}`{f" (revision `{revision}`)" if revision else ""}, a transformers
-`{type(model).__name__}` checkpoint, into a {head[family["pipeline_tag"]]} (the classic Transformer written as a
+`{type(model).__name__}` checkpoint, into a {family["head"]} (the classic Transformer written as a
 transformers model by the hf_minitransformer project) with its `scripts/convert.py`. No training was done: the
 model computes what the source computes. {license_line}
 
@@ -207,10 +248,7 @@ Checked before this folder was written (float32, sample sentences and random tok
 
 | figure | value |
 | --- | --- |
-| logits, max abs difference | {figures["logits_max_abs_diff"]:.3g} |
-| same argmax | {figures["argmax_agreement"]:.4f} of {figures["positions"]} positions |
-| greedy `generate`, identical sequences | {figures["greedy_identical_sequences"]} |
-| beam-4 `generate`, identical sequences | {figures["beam4_identical_sequences"]} |
+{table}
 
 ## Load
 
@@ -239,8 +277,10 @@ def write_folder(output: Path, model, tokenizer, family: dict, model_card: Model
         model_card.save(partial / "README.md")
         reloaded = family["auto_class"].from_pretrained(partial).eval()
         with torch.no_grad():
-            if not torch.equal(reloaded(**batch).logits, model(**batch).logits):
-                raise ConversionMismatchError(f"The folder written to {partial} does not reload to the same logits.")
+            got, expected = reloaded(**batch), model(**batch)
+        name = "logits" if getattr(expected, "logits", None) is not None else "last_hidden_state"
+        if not torch.equal(got[name], expected[name]):
+            raise ConversionMismatchError(f"The folder written to {partial} does not reload to the same {name}.")
         previous = None
         if output.exists() and overwrite:  # moved aside, not deleted, until the new folder is in place
             previous = output.with_name(f".{output.name}.replaced-{partial.name.rsplit('-', 1)[-1]}")
