@@ -4,7 +4,7 @@
 result with `compare_models`, and writes the folder. The modeling file never imports this module, so a converted
 folder carries the same remote code as any other.
 
-What maps onto existing config fields (no new field was needed):
+How each family maps onto config fields (Marian and GPT-2 need no new one):
 
 * Marian: post-LN encoder-decoder -> `layer_norm_position="post"`; `scale_embedding` -> `scale_embeddings`; attention
   biases -> `attention_bias=True`; `swish` -> `hidden_act="silu"`; source, target and output embeddings shared ->
@@ -19,8 +19,9 @@ What maps onto existing config fields (no new field was needed):
   them (`is None` checks). BertModel's pooler (tanh Linear over [CLS], for NSP) is not carried over: its
   `last_hidden_state` is; sequence classification pools the first token (`classifier_pooling="first"`).
 
-Where the layout differs but the function is the same, the weights are converted rather than a field added, which
-keeps the model as it is:
+Where the layout differs but the function is the same, the weights are converted rather than a field added: a field
+would put a second layout of the same function into the model (and its reference test) for good, while a conversion
+is done once, here:
 
 * Marian's sinusoidal table puts all sines before all cosines (column k is sin(pos w_k), column d/2 + k is
   cos(pos w_k)); ours interleaves them as the paper's §3.5 writes it (columns 2k, 2k + 1). A fixed permutation P of
