@@ -16,6 +16,7 @@ from .modeling_minitransformer import (
     MiniTransformerForTokenClassification,
     MiniTransformerModel,
     MiniTransformerPreTrainedModel,
+    MiniTransformerSeq2SeqModel,
 )
 
 
@@ -27,6 +28,8 @@ for _auto_name, _class_name in AUTO_CLASS_NAMES.items():
     _model_class = globals()[_class_name]
     getattr(transformers, _auto_name).register(MiniTransformerConfig, _model_class, exist_ok=True)
     _model_class.register_for_auto_class(_auto_name)
+# Not a registration of its own: AutoModel hands an encoder-decoder config over to it (MiniTransformerModel).
+MiniTransformerSeq2SeqModel.register_for_auto_class("AutoModel")
 
 __all__ = [
     "MiniTransformerConfig",
@@ -36,5 +39,6 @@ __all__ = [
     "MiniTransformerForCausalLM",
     "MiniTransformerForSequenceClassification",
     "MiniTransformerForTokenClassification",
+    "MiniTransformerSeq2SeqModel",
     "MiniTransformerForSeq2SeqLM",
 ]

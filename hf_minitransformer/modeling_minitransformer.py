@@ -30,6 +30,7 @@ from transformers.modeling_outputs import (
     CausalLMOutputWithPast,
     MaskedLMOutput,
     Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
@@ -50,13 +51,18 @@ logger = logging.get_logger(__name__)
 
 # Every head with its Auto class. A saved config names in `auto_map` all the heads its weights serve, so one folder
 # serves each `AutoModelFor...` through `trust_remote_code=True` whichever head wrote it: the five heads of one stack
-# share the body `model.*`; an encoder-decoder checkpoint (two stacks) serves AutoModelForSeq2SeqLM only.
+# share the body `model.*`; an encoder-decoder checkpoint (two stacks, `model.encoder.*` and `model.decoder.*`)
+# serves SEQ2SEQ_AUTO_CLASS_NAMES, its AutoModel being the bare encoder-decoder.
 AUTO_CLASS_NAMES = {
     "AutoModel": "MiniTransformerModel",
     "AutoModelForMaskedLM": "MiniTransformerForMaskedLM",
     "AutoModelForCausalLM": "MiniTransformerForCausalLM",
     "AutoModelForSequenceClassification": "MiniTransformerForSequenceClassification",
     "AutoModelForTokenClassification": "MiniTransformerForTokenClassification",
+    "AutoModelForSeq2SeqLM": "MiniTransformerForSeq2SeqLM",
+}
+SEQ2SEQ_AUTO_CLASS_NAMES = {
+    "AutoModel": "MiniTransformerSeq2SeqModel",
     "AutoModelForSeq2SeqLM": "MiniTransformerForSeq2SeqLM",
 }
 
@@ -372,10 +378,11 @@ class MiniTransformerPreTrainedModel(PreTrainedModel):
         # transformers writes `auto_map` only for the class being saved; add the other heads, keeping any entry
         # already there (a model loaded from the Hub carries "repo--module.Class" references).
         module = self.__class__.__module__.rsplit(".", 1)[-1]
-        defaults = {
-            auto: f"{module}.{name}" for auto, name in AUTO_CLASS_NAMES.items()
-            if (auto == "AutoModelForSeq2SeqLM") == self.config.is_encoder_decoder
-        }
+        if self.config.is_encoder_decoder:
+            names = SEQ2SEQ_AUTO_CLASS_NAMES
+        else:
+            names = {auto: name for auto, name in AUTO_CLASS_NAMES.items() if auto != "AutoModelForSeq2SeqLM"}
+        defaults = {auto: f"{module}.{name}" for auto, name in names.items()}
         self.config.auto_map = {**defaults, **(getattr(self.config, "auto_map", None) or {})}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
@@ -402,6 +409,27 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
             self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
+
+    def init_parallel_plans(self):
+        super().init_parallel_plans()
+        if self.config.is_decoder and self.config.is_encoder_decoder:  # its layers also cross-attend: shard alike
+            cross = {key.replace(".self_attn.", ".cross_attn."): style for key, style in self._tp_plan.items()
+                     if ".self_attn." in key}
+            self._tp_plan.update(cross)
+
+    # transformers maps one AutoModel class per config class: for an encoder-decoder config (a seq2seq checkpoint)
+    # `AutoModel` means the bare encoder-decoder, as for BART and Marian, so the two entry points it uses hand over.
+    @classmethod
+    def from_pretrained(cls, *args, config: MiniTransformerConfig | None = None, **kwargs):
+        if cls is MiniTransformerModel and getattr(config, "is_encoder_decoder", False):
+            return MiniTransformerSeq2SeqModel.from_pretrained(*args, config=config, **kwargs)
+        return super().from_pretrained(*args, config=config, **kwargs)
+
+    @classmethod
+    def _from_config(cls, config: MiniTransformerConfig, **kwargs):
+        if cls is MiniTransformerModel and config.is_encoder_decoder:
+            return MiniTransformerSeq2SeqModel._from_config(config, **kwargs)
+        return super()._from_config(config, **kwargs)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings.token_embeddings
@@ -624,10 +652,10 @@ class MiniTransformerForCausalLM(MiniTransformerPreTrainedModel, GenerationMixin
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.token_embeddings.weight"}
 
     def __init__(self, config: MiniTransformerConfig):
-        if not config.is_decoder or config.is_encoder_decoder:
-            logger.info("MiniTransformerForCausalLM is one causal stack: setting `config.is_decoder=True` and "
-                        "`config.is_encoder_decoder=False`.")
-            config.is_decoder, config.is_encoder_decoder = True, False
+        # One causal stack, whatever the caller's config says; as BartForCausalLM, on a copy: the caller's object
+        # (which may go on to build an encoder) is left as it was.
+        config = copy.deepcopy(config)
+        config.is_decoder, config.is_encoder_decoder = True, False
         super().__init__(config)
         self.model = MiniTransformerModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
@@ -679,6 +707,15 @@ class MiniTransformerForCausalLM(MiniTransformerPreTrainedModel, GenerationMixin
         )
 
 
+def seq2seq_config(config: MiniTransformerConfig) -> MiniTransformerConfig:
+    """A copy of `config` set up for the encoder-decoder (the caller's object is left as it was)."""
+    config = copy.deepcopy(config)
+    config.is_encoder_decoder, config.is_decoder = True, False
+    # transformers 5 dropped these two tasks; `pipeline(task, ...)` finds them here (pipelines_minitransformer.py).
+    config.custom_pipelines = {**CUSTOM_PIPELINES, **(getattr(config, "custom_pipelines", None) or {})}
+    return config
+
+
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
     """Teacher forcing: decoder inputs (start, y_1, .., y_n-1) for targets (y_1, .., y_n); -100 becomes pad."""
     decoder_input_ids = labels.new_full(labels.shape, decoder_start_token_id)
@@ -686,25 +723,20 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     return decoder_input_ids.masked_fill(decoder_input_ids == -100, pad_token_id)
 
 
-class MiniTransformerForSeq2SeqLM(MiniTransformerPreTrainedModel, GenerationMixin):
-    """The encoder-decoder Transformer of the paper's Figure 1: translation, summarisation, any text-to-text task.
+class MiniTransformerSeq2SeqModel(MiniTransformerPreTrainedModel):
+    """The bare encoder-decoder of the paper's Figure 1 (as `BartModel` / `MarianModel`): the decoder's last hidden
+    states, with the encoder's output and the cache. `MiniTransformerForSeq2SeqLM` holds it as `model`.
 
     source -> encoder (bidirectional self-attention) ; target -> decoder (masked self-attention, cross-attention over
-    the encoder output, feed-forward) -> projection onto the vocabulary, which shares the embedding matrix of source
-    and target tokens when `config.tie_word_embeddings` (paper §3.4).
+    the encoder output, feed-forward). Source and target embeddings are one matrix when `config.tie_word_embeddings`.
     """
 
-    _tied_weights_keys = {
-        "decoder.embeddings.token_embeddings.weight": "encoder.embeddings.token_embeddings.weight",
-        "lm_head.weight": "encoder.embeddings.token_embeddings.weight",
-    }
+    _tied_weights_keys = {"decoder.embeddings.token_embeddings.weight": "encoder.embeddings.token_embeddings.weight"}
+    # A checkpoint of the LM head loads here without its projection.
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
 
     def __init__(self, config: MiniTransformerConfig):
-        if config.is_decoder or not config.is_encoder_decoder:
-            logger.info("MiniTransformerForSeq2SeqLM sets `config.is_encoder_decoder=True` and `is_decoder=False`.")
-            config.is_encoder_decoder, config.is_decoder = True, False
-        # transformers 5 dropped these two tasks; `pipeline(task, ...)` finds them here (pipelines_minitransformer.py).
-        config.custom_pipelines = {**CUSTOM_PIPELINES, **(getattr(config, "custom_pipelines", None) or {})}
+        config = seq2seq_config(config)
         super().__init__(config)
         # As T5 does, each stack reads a copy of the config that differs in attention direction and depth only.
         encoder_config = copy.deepcopy(config)
@@ -714,11 +746,14 @@ class MiniTransformerForSeq2SeqLM(MiniTransformerPreTrainedModel, GenerationMixi
         decoder_config.num_hidden_layers = config.decoder_layers
         self.encoder = MiniTransformerModel(encoder_config)
         self.decoder = MiniTransformerModel(decoder_config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
-        # The labels are already aligned with the decoder outputs (the decoder inputs are the shifted ones), so the
-        # loss is the unshifted token cross-entropy of the masked-LM heads.
-        self.loss_type = "ForMaskedLM"
         self.post_init()
+
+    def init_parallel_plans(self):
+        # The config's plan names one stack's layers; here they sit under `encoder.` and `decoder.`, whose own plans
+        # (prefixed by transformers) are the whole plan.
+        super().init_parallel_plans()
+        stacks = ("encoder.", "decoder.")
+        self._tp_plan = {key: style for key, style in self._tp_plan.items() if key.startswith(stacks)}
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.encoder.get_input_embeddings()
@@ -728,14 +763,94 @@ class MiniTransformerForSeq2SeqLM(MiniTransformerPreTrainedModel, GenerationMixi
         if self.config.tie_word_embeddings:
             self.decoder.set_input_embeddings(value)
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> Seq2SeqModelOutput:
+        r"""
+        input_ids / attention_mask: (batch, source) source tokens and their padding mask (1 real, 0 pad).
+        decoder_input_ids / decoder_attention_mask: (batch, target) decoder inputs and their padding mask. Without
+            them (as the feature-extraction pipeline calls it) the decoder reads the source shifted right behind
+            `config.decoder_start_token_id`, as BartModel does.
+        encoder_outputs: the encoder's output, to skip re-encoding (what `generate` passes at every step).
+        Returns `Seq2SeqModelOutput` with the decoder's `last_hidden_state` (batch, target, hidden), the
+        `EncoderDecoderCache` and the encoder's last hidden state.
+        """
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("Pass `decoder_input_ids` (or `decoder_inputs_embeds`), or `input_ids` to decode "
+                                 "the source shifted right.")
+            decoder_input_ids = shift_tokens_right(input_ids, self.config.pad_token_id,
+                                                   self.config.decoder_start_token_id)
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+            )
+        elif isinstance(encoder_outputs, tuple):  # from a `return_dict=False` encoder call: its first item is needed
+            encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
+        decoder_outputs = self.decoder(
+            decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            cache=cache,
+            inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=attention_mask,
+            **kwargs,
+        )
+        return Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            cache=decoder_outputs.cache,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+
+
+class MiniTransformerForSeq2SeqLM(MiniTransformerPreTrainedModel, GenerationMixin):
+    """The encoder-decoder Transformer of the paper's Figure 1: translation, summarisation, any text-to-text task.
+
+    `model` (a `MiniTransformerSeq2SeqModel`) -> projection onto the vocabulary, which shares the embedding matrix
+    of source and target tokens when `config.tie_word_embeddings` (paper §3.4).
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.encoder.embeddings.token_embeddings.weight"}
+    # The base model has no output bias; loading its weights into this head starts the bias at zero, as `_init_weights`
+    # would.
+    _keys_to_ignore_on_load_missing = [r"^lm_head\.bias$"]
+
+    def __init__(self, config: MiniTransformerConfig):
+        config = seq2seq_config(config)
+        super().__init__(config)
+        self.model = MiniTransformerSeq2SeqModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        # The labels are already aligned with the decoder outputs (the decoder inputs are the shifted ones), so the
+        # loss is the unshifted token cross-entropy of the masked-LM heads.
+        self.loss_type = "ForMaskedLM"
+        self.post_init()
+
     def resize_token_embeddings(
         self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
     ) -> nn.Embedding:
         embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         if not self.config.tie_word_embeddings:  # the target embeddings are a matrix of their own
-            self.decoder.resize_token_embeddings(embeddings.num_embeddings, mean_resizing=mean_resizing)
-        for stack in (self.encoder, self.decoder):  # their config copies check token ids against the vocabulary
-            stack.config.vocab_size = self.config.vocab_size
+            self.model.decoder.resize_token_embeddings(embeddings.num_embeddings, mean_resizing=mean_resizing)
+        for module in (self.model, self.model.encoder, self.model.decoder):  # their configs check token ids
+            module.config.vocab_size = self.config.vocab_size
         return embeddings
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
@@ -756,6 +871,7 @@ class MiniTransformerForSeq2SeqLM(MiniTransformerPreTrainedModel, GenerationMixi
         decoder_inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqLMOutput:
         r"""
@@ -763,41 +879,41 @@ class MiniTransformerForSeq2SeqLM(MiniTransformerPreTrainedModel, GenerationMixi
         decoder_input_ids: (batch, target) decoder inputs; by default `labels` shifted right behind
             `config.decoder_start_token_id`.
         encoder_outputs: the encoder's output, to skip re-encoding (what `generate` passes at every step).
-        labels: (batch, target) target ids, -100 to ignore; position t is scored on predicting labels[t].
+        labels: (batch, target) target ids, -100 to ignore; position t is scored on predicting labels[t]. If every
+            label is -100 the loss is NaN (0 / 0), as in transformers' own models.
+        logits_to_keep: compute logits only for the last `n` target positions (0: all), or for the given indices;
+            `generate` asks for the last one.
         Returns `Seq2SeqLMOutput` with `logits` (batch, target, vocab), the `EncoderDecoderCache` and the encoder's
         last hidden state; with `labels`, `config.logits_with_loss` can ask for fewer logits (as in the LM heads).
         """
-        if encoder_outputs is None:
-            encoder_outputs = self.encoder(
-                input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
-            )
-        elif isinstance(encoder_outputs, tuple):  # from a `return_dict=False` encoder call: its first item is needed
-            encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
         if labels is not None:
             use_cache = False  # teacher forcing sees the whole target at once: nothing to cache
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
-        decoder_outputs = self.decoder(
-            decoder_input_ids,
-            attention_mask=decoder_attention_mask,
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
             cache=cache,
-            inputs_embeds=decoder_inputs_embeds,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
-            encoder_hidden_states=encoder_outputs.last_hidden_state,
-            encoder_attention_mask=attention_mask,
             **kwargs,
         )
-        logits, loss = lm_logits_and_loss(self, decoder_outputs.last_hidden_state, labels, **kwargs)
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits, loss = lm_logits_and_loss(self, hidden_states, labels, **kwargs)
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
-            cache=decoder_outputs.cache,
-            decoder_hidden_states=decoder_outputs.hidden_states,
-            decoder_attentions=decoder_outputs.attentions,
-            cross_attentions=decoder_outputs.cross_attentions,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
-            encoder_hidden_states=encoder_outputs.hidden_states,
-            encoder_attentions=encoder_outputs.attentions,
+            cache=outputs.cache,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
         )
 
 
@@ -901,5 +1017,6 @@ __all__ = [
     "MiniTransformerForCausalLM",
     "MiniTransformerForSequenceClassification",
     "MiniTransformerForTokenClassification",
+    "MiniTransformerSeq2SeqModel",
     "MiniTransformerForSeq2SeqLM",
 ]

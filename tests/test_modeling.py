@@ -26,6 +26,23 @@ def test_base_model_shapes_and_final_norm():
         assert model(batch()).last_hidden_state.shape == (2, 7, 32)
 
 
+@pytest.mark.parametrize("head", [MiniTransformerForCausalLM, MiniTransformerForSeq2SeqLM])
+def test_a_head_leaves_the_callers_config_as_it_was(head):
+    config = make_config()
+    before = config.to_dict()
+    model = head(config)
+    assert config.to_dict() == before and not config.is_decoder and not config.is_encoder_decoder
+    assert model.config is not config
+    # The same object then builds an encoder: position 0 must still see the tokens after it.
+    encoder = MiniTransformerForMaskedLM(config).eval()
+    input_ids = batch(size=(1, 6))
+    changed = input_ids.clone()
+    changed[0, 5] = (input_ids[0, 5] + 1 - 3) % 96 + 3
+    with torch.no_grad():
+        first, second = encoder(input_ids).logits[0, 0], encoder(changed).logits[0, 0]
+    assert not torch.allclose(first, second)
+
+
 def test_masked_lm_loss_ignores_unlabelled_positions():
     model = MiniTransformerForMaskedLM(make_config()).eval()
     input_ids = batch()

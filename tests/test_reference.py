@@ -206,20 +206,22 @@ def reference_seq2seq(
 
     §3.4: with tied embeddings, source embeddings, target embeddings and the pre-softmax projection are one matrix.
     """
-    source_embeddings = weights["encoder.embeddings.token_embeddings.weight"]
+    source_embeddings = weights["model.encoder.embeddings.token_embeddings.weight"]
     if config.tie_word_embeddings:
         target_embeddings = output_projection = source_embeddings
     else:
-        target_embeddings = weights["decoder.embeddings.token_embeddings.weight"]
+        target_embeddings = weights["model.decoder.embeddings.token_embeddings.weight"]
         output_projection = weights["lm_head.weight"]
     # Encoder: bidirectional self-attention, nothing masked in an unpadded source.
-    memory = reference_stack(source, source_embeddings, weights, "encoder.", config, config.num_hidden_layers, None)
+    memory = reference_stack(
+        source, source_embeddings, weights, "model.encoder.", config, config.num_hidden_layers, None
+    )
     # Decoder: masked self-attention (j <= i), then attention over every source position.
     decoder = reference_stack(
         decoder_inputs,
         target_embeddings,
         weights,
-        "decoder.",
+        "model.decoder.",
         config,
         config.decoder_layers,
         causal_mask(decoder_inputs.shape[0]),
@@ -319,7 +321,7 @@ def run_seq2seq(model: MiniTransformerForSeq2SeqLM, **inputs) -> tuple[Seq2SeqLM
     def keep_decoder_output(module: nn.Module, args: tuple, output) -> None:
         captured.append(output.last_hidden_state)
 
-    handle = model.decoder.register_forward_hook(keep_decoder_output)
+    handle = model.get_decoder().register_forward_hook(keep_decoder_output)
     try:
         with torch.no_grad():
             outputs = model(**inputs)
@@ -333,13 +335,13 @@ def run_seq2seq(model: MiniTransformerForSeq2SeqLM, **inputs) -> tuple[Seq2SeqLM
 def test_seq2seq_matches_reference_equations_in_float64(float64_default, variant, attn_implementation):
     model = seq2seq_model(variant, attn_implementation)
     config = model.config
-    assert len(model.decoder.layers) == config.decoder_layers
+    assert len(model.get_decoder().layers) == config.decoder_layers
     source = torch.randint(0, config.vocab_size, (2, 9))
     decoder_inputs = torch.randint(0, config.vocab_size, (2, 6))  # a different length, so no transpose goes unseen
     outputs, decoder_hidden = run_seq2seq(model, input_ids=source, decoder_input_ids=decoder_inputs)
     weights = {k: v.detach() for k, v in model.state_dict().items()}
     if not config.tie_word_embeddings:  # three matrices of their own, or the reference could not tell them apart
-        names = ["encoder.embeddings.token_embeddings.weight", "decoder.embeddings.token_embeddings.weight"]
+        names = [f"model.{stack}.embeddings.token_embeddings.weight" for stack in ("encoder", "decoder")]
         assert len({weights[name].data_ptr() for name in [*names, "lm_head.weight"]}) == 3
     for b in range(2):
         memory, decoder, logits = reference_seq2seq(weights, config, source[b], decoder_inputs[b])

@@ -12,7 +12,11 @@ import transformers
 from safetensors.torch import load_file
 
 import hf_minitransformer
-from hf_minitransformer.modeling_minitransformer import AUTO_CLASS_NAMES, sinusoidal_position_encoding
+from hf_minitransformer.modeling_minitransformer import (
+    AUTO_CLASS_NAMES,
+    SEQ2SEQ_AUTO_CLASS_NAMES,
+    sinusoidal_position_encoding,
+)
 
 from .conftest import make_config, run_python
 
@@ -45,12 +49,14 @@ def model_output(model, inputs) -> torch.Tensor:
 
 def family(auto_name: str) -> set[str]:
     """The Auto classes a checkpoint of `auto_name`'s head serves."""
-    seq2seq = {"AutoModelForSeq2SeqLM"}
-    return seq2seq if auto_name in seq2seq else set(AUTO_CLASS_NAMES) - seq2seq
+    if auto_name == "AutoModelForSeq2SeqLM":
+        return set(SEQ2SEQ_AUTO_CLASS_NAMES)
+    return set(AUTO_CLASS_NAMES) - {"AutoModelForSeq2SeqLM"}
 
 
 def tied_keys(model) -> dict[str, str]:
-    return type(model)._tied_weights_keys or {}
+    """{tied parameter: the parameter it shares}, its submodels' ties included (the encoder-decoder's embeddings)."""
+    return model.all_tied_weights_keys
 
 
 @pytest.fixture(scope="module")
@@ -245,9 +251,11 @@ import transformers
 folders, work = json.loads(sys.argv[1]), sys.argv[2]
 inputs = torch.load(f"{work}/inputs.pt")
 results = {}
-# Each head from its own folder, plus the bare model from the masked-LM folder (a body under a head's prefix).
+# Each head from its own folder, plus the bare models from the masked-LM and the seq2seq folders (a body under a
+# head's prefix).
 for key, (auto_name, folder) in {**{k: (k, f) for k, f in folders.items()},
-                                 "AutoModel<-MaskedLM": ("AutoModel", folders["AutoModelForMaskedLM"])}.items():
+                                 "AutoModel<-MaskedLM": ("AutoModel", folders["AutoModelForMaskedLM"]),
+                                 "AutoModel<-Seq2SeqLM": ("AutoModel", folders["AutoModelForSeq2SeqLM"])}.items():
     model, info = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=True,
                                                                    output_loading_info=True)
     model_inputs = dict(inputs)
@@ -257,6 +265,7 @@ for key, (auto_name, folder) in {**{k: (k, f) for k, f in folders.items()},
         out = model(**model_inputs)
     results[key] = dict(
         module=type(model).__module__,
+        class_name=type(model).__name__,
         config_module=type(model.config).__module__,
         missing=sorted(info["missing_keys"]) + sorted(info["mismatched_keys"]),
         unexpected=sorted(info["unexpected_keys"]),
@@ -285,6 +294,17 @@ def test_remote_code_round_trip_without_the_package(saved, tmp_path):
     assert body_of_mlm["module"].startswith("transformers_modules.")
     assert body_of_mlm["missing"] == [] and body_of_mlm["unexpected"] == ["lm_head.bias"]  # the head is dropped
     assert_matches_checkpoint(body_of_mlm["state_dict"], saved["AutoModelForMaskedLM"][0], {}, prefix="model.")
+    # A seq2seq folder's auto_map serves AutoModel with the bare encoder-decoder, loading every weight but the head's.
+    seq2seq_folder, seq2seq_model, _ = saved["AutoModelForSeq2SeqLM"]
+    body_of_seq2seq = results.pop("AutoModel<-Seq2SeqLM")
+    assert body_of_seq2seq["module"].startswith("transformers_modules.")
+    assert body_of_seq2seq["class_name"] == "MiniTransformerSeq2SeqModel"
+    assert body_of_seq2seq["missing"] == body_of_seq2seq["unexpected"] == []
+    assert_matches_checkpoint(body_of_seq2seq["state_dict"], seq2seq_folder, tied_keys(seq2seq_model.model),
+                              prefix="model.")
+    with torch.no_grad():
+        expected_hidden = seq2seq_model.model(**inputs, decoder_input_ids=inputs["input_ids"][:, :4])
+    torch.testing.assert_close(body_of_seq2seq["output"], expected_hidden.last_hidden_state, rtol=1e-6, atol=1e-6)
 
     assert results.keys() == AUTO_CLASS_NAMES.keys()
     for auto_name, loaded in results.items():

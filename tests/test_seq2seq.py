@@ -10,14 +10,17 @@ import transformers
 from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
+    AutoModel,
+    AutoModelForSeq2SeqLM,
     DataCollatorForSeq2Seq,
     EncoderDecoderCache,
     PreTrainedTokenizerFast,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
 )
+from transformers.modeling_outputs import Seq2SeqModelOutput
 
-from hf_minitransformer import MiniTransformerForCausalLM, MiniTransformerForSeq2SeqLM
+from hf_minitransformer import MiniTransformerForCausalLM, MiniTransformerForSeq2SeqLM, MiniTransformerSeq2SeqModel
 from hf_minitransformer.modeling_minitransformer import shift_tokens_right
 from hf_minitransformer.pipelines_minitransformer import (
     MiniTransformerText2TextGenerationPipeline,
@@ -44,15 +47,65 @@ def source_batch() -> dict[str, torch.Tensor]:
 def test_two_stacks_of_their_own_depth_sharing_one_embedding_matrix():
     model = seq2seq(num_hidden_layers=2, decoder_layers=3)
     assert model.config.is_encoder_decoder and not model.config.is_decoder
-    assert len(model.encoder.layers) == 2 and len(model.decoder.layers) == 3
-    assert all(layer.cross_attn is None for layer in model.encoder.layers)
-    assert all(layer.cross_attn is not None for layer in model.decoder.layers)
+    assert len(model.get_encoder().layers) == 2 and len(model.get_decoder().layers) == 3
+    assert all(layer.cross_attn is None for layer in model.get_encoder().layers)
+    assert all(layer.cross_attn is not None for layer in model.get_decoder().layers)
     shared = model.get_input_embeddings().weight
-    assert model.decoder.get_input_embeddings().weight is shared and model.lm_head.weight is shared
+    assert model.get_decoder().get_input_embeddings().weight is shared and model.lm_head.weight is shared
     untied = seq2seq(tie_word_embeddings=False)
-    weights = [untied.encoder.get_input_embeddings().weight, untied.decoder.get_input_embeddings().weight,
+    weights = [untied.get_encoder().get_input_embeddings().weight, untied.get_decoder().get_input_embeddings().weight,
                untied.lm_head.weight]
     assert len({w.data_ptr() for w in weights}) == 3
+
+
+def test_the_head_holds_the_bare_encoder_decoder_under_its_base_model_prefix():
+    model = seq2seq()
+    assert type(model.model) is MiniTransformerSeq2SeqModel and model.base_model is model.model
+    assert model.get_encoder() is model.model.encoder and model.get_decoder() is model.model.decoder
+    # AutoModel of an encoder-decoder config is the bare encoder-decoder, as for BART and Marian.
+    assert type(AutoModel.from_config(model.config)) is MiniTransformerSeq2SeqModel
+    source, target = source_batch(), torch.randint(3, 99, (2, 5))
+    with torch.no_grad():
+        bare = model.model(**source, decoder_input_ids=target)
+        full = model(**source, decoder_input_ids=target)
+    assert isinstance(bare, Seq2SeqModelOutput) and bare.last_hidden_state.shape == (2, 5, 32)
+    assert torch.equal(model.lm_head(bare.last_hidden_state), full.logits)
+    assert torch.equal(bare.encoder_last_hidden_state, full.encoder_last_hidden_state)
+
+
+def test_head_and_bare_model_load_each_others_checkpoints(tmp_path):
+    head = seq2seq()
+    source, target = source_batch(), torch.randint(3, 99, (2, 5))
+    head.save_pretrained(tmp_path / "head")
+    bare, info = AutoModel.from_pretrained(tmp_path / "head", output_loading_info=True)
+    assert type(bare) is MiniTransformerSeq2SeqModel
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    with torch.no_grad():
+        expected = head.model(**source, decoder_input_ids=target).last_hidden_state
+        assert torch.equal(bare(**source, decoder_input_ids=target).last_hidden_state, expected)
+
+    bare.save_pretrained(tmp_path / "bare")
+    reloaded, info = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "bare", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    for name, value in bare.state_dict().items():
+        assert torch.equal(reloaded.model.state_dict()[name], value), name
+    assert torch.equal(reloaded.lm_head.weight, bare.get_input_embeddings().weight)  # tied
+    assert not reloaded.lm_head.bias.any()  # the bare model has no output bias: it starts at zero
+
+
+def test_feature_extraction_pipeline_on_a_seq2seq_checkpoint(tmp_path):
+    tokenizer = char_tokenizer()
+    head = seq2seq()
+    head.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    extractor = transformers.pipeline("feature-extraction", model=str(tmp_path))
+    assert type(extractor.model) is MiniTransformerSeq2SeqModel
+    features = torch.tensor(extractor("moon"))  # (1, target = source length, hidden)
+    input_ids = tokenizer("moon", return_tensors="pt")["input_ids"]
+    with torch.no_grad():  # without decoder inputs the decoder reads the source shifted right, as BartModel does
+        expected = head.model(input_ids=input_ids).last_hidden_state
+    assert features.shape == (1, 4, 32)
+    torch.testing.assert_close(features, expected)
 
 
 def test_single_stack_heads_ignore_an_encoder_decoder_config():
@@ -67,8 +120,8 @@ def test_single_stack_heads_ignore_an_encoder_decoder_config():
 def test_resize_reaches_both_stacks_and_the_output(tied):
     model = seq2seq(tie_word_embeddings=tied)
     model.resize_token_embeddings(120)
-    assert model.encoder.get_input_embeddings().weight.shape == (120, 32)
-    assert model.decoder.get_input_embeddings().weight.shape == (120, 32)
+    assert model.get_encoder().get_input_embeddings().weight.shape == (120, 32)
+    assert model.get_decoder().get_input_embeddings().weight.shape == (120, 32)
     assert model.lm_head.weight.shape == (120, 32) and model.lm_head.bias.shape == (120,)
     assert (model.lm_head.weight is model.get_input_embeddings().weight) == tied
     # The new ids are accepted by both stacks' input checks.
@@ -152,7 +205,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_to_both_stacks():
     model.activation_checkpointing_enable()
     model(**source, labels=labels).loss.backward()
     # The encoder's weights are reached only through the decoder layers' cross-attention.
-    assert reference["encoder.layers.0.self_attn.q_proj.weight"].abs().sum() > 0
+    assert reference["model.encoder.layers.0.self_attn.q_proj.weight"].abs().sum() > 0
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, reference[name], msg=name)
 
@@ -224,7 +277,7 @@ def test_bad_decoder_input_raises_value_error():
     with pytest.raises(ValueError, match="max_position_embeddings=16"):
         model(input_ids=source, decoder_input_ids=torch.randint(3, 99, (1, 20)))
     with pytest.raises(ValueError, match="encoder_hidden_states"):
-        model.encoder(source, encoder_hidden_states=torch.zeros(1, 4, 32))
+        model.get_encoder()(source, encoder_hidden_states=torch.zeros(1, 4, 32))
 
 
 # A character tokenizer: ids 0-2 are <pad> <s> </s>, then "a".."z" and space; the model's vocabulary matches it.
