@@ -252,8 +252,7 @@ def test_converted_marian_matches_the_reference_equations_in_float64(marian_sour
     finally:
         torch.set_default_dtype(previous)
     assert converted.dtype == torch.float64
-    # The reference reads weights by their names in the encoder-decoder, with or without the `model.` prefix.
-    weights = {key.removeprefix("model."): value for key, value in converted.state_dict().items()}
+    weights = dict(converted.state_dict())  # the reference reads the weights by name
     vocab_size = converted.config.vocab_size
     source_ids, decoder_ids = torch.randint(0, vocab_size, (9,)), torch.randint(0, vocab_size, (6,))
     with torch.no_grad():
@@ -353,8 +352,8 @@ def test_freshly_initialised_sources_convert_exactly(name):
     batch = dict(input_ids=ids, attention_mask=mask)
     if source.config.is_encoder_decoder:
         batch["decoder_input_ids"] = torch.randint(0, 99, (2, 7))
-    prompts = [dict(batch)] if not source.config.is_encoder_decoder else [dict(input_ids=ids, attention_mask=mask)]
-    figures = compare_models(source, converted, [batch], prompts, max_new_tokens=6)
+    # Generation is compared on the trained checkpoints, through the script; here the logits and hidden states.
+    figures = compare_models(source, converted, [batch], prompts=[])
     assert conversion_is_exact(figures), figures
     assert figures["logits_max_abs_diff"] <= 1e-5 and figures["hidden_states_max_abs_diff"] <= 1e-5
 
