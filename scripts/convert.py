@@ -186,11 +186,13 @@ def sample_inputs(source, tokenizer, seed: int, max_new_tokens: int) -> tuple[li
     pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
     batches = [dict(input_ids=random_ids, attention_mask=mask)]
     prompts = [dict(input_ids=random_ids, attention_mask=mask, pad_token_id=pad)]
-    if tokenizer is not None:
-        for text in SAMPLE_SOURCES:
-            encoded = tokenizer(text, truncation=True, max_length=room, return_tensors="pt")
-            batches.append(dict(encoded))
-            prompts.append(dict(encoded, pad_token_id=pad))
+    if tokenizer is not None:  # GPT-2's tokenizer has no pad token: the sentences are left-padded here
+        encoded = [tokenizer(text, truncation=True, max_length=room)["input_ids"] for text in SAMPLE_SOURCES]
+        longest = max(len(ids) for ids in encoded)
+        input_ids = torch.tensor([[pad] * (longest - len(ids)) + ids for ids in encoded])
+        attention_mask = torch.tensor([[0] * (longest - len(ids)) + [1] * len(ids) for ids in encoded])
+        batches.append(dict(input_ids=input_ids, attention_mask=attention_mask))
+        prompts.append(dict(input_ids=input_ids, attention_mask=attention_mask, pad_token_id=pad))
     return batches, prompts
 
 
