@@ -220,6 +220,7 @@ def source_license(source: str, revision: str | None) -> str | None:
 def card(source: str, revision: str | None, model, figures: dict, family: dict) -> ModelCard:
     license_id = source_license(source, revision)
     auto = family["auto_class"].__name__
+    local = Path(source).exists()
     rows = [("logits, max abs difference", "logits_max_abs_diff", "{:.3g}"),
             ("hidden states, max abs difference", "hidden_states_max_abs_diff", "{:.3g}"),
             ("same argmax", "argmax_agreement", "{:.4f} of " + str(figures["positions"]) + " positions"),
@@ -228,11 +229,15 @@ def card(source: str, revision: str | None, model, figures: dict, family: dict) 
     table = "\n".join(f"| {label} | {form.format(figures[key])} |" for label, key, form in rows if key in figures)
     data = ModelCardData(
         license=license_id or "other",
-        base_model=source if not Path(source).exists() else None,
+        base_model=None if local else source,
         library_name="transformers",
         pipeline_tag=family["pipeline_tag"],
         tags=["minitransformer", "converted", model.config.model_type],
     )
+    source_ref = f"`{source}`" if local else f"[`{source}`](https://huggingface.co/{source})"
+    basis_line = ("\nHidden states equal the source's with their d_model coordinates permuted: Marian lays out its "
+                  "sinusoidal table\nsines first, this model interleaves sines and cosines "
+                  "(hf_minitransformer/conversion.py).\n" if model.config.model_type == "marian" else "")
     license_line = (f"The source's card gives the license `{license_id}`, which applies to these weights."
                     if license_id else "The source's card states no license: check the source's terms before use.")
     content = f"""---
@@ -241,7 +246,7 @@ def card(source: str, revision: str | None, model, figures: dict, family: dict) 
 
 # {Path(source).name} as MiniTransformer
 
-These weights are **converted** from `{source}`{f" (revision `{revision}`)" if revision else ""}, a transformers
+These weights are **converted** from {source_ref}{f" (revision `{revision}`)" if revision else ""}, a transformers
 `{type(model).__name__}` checkpoint, into a {family["head"]} (the classic Transformer written as a
 transformers model by the hf_minitransformer project) with its `scripts/convert.py`. No training was done: the
 model computes what the source computes. {license_line}
@@ -251,7 +256,7 @@ Checked before this folder was written (float32, sample sentences and random tok
 | figure | value |
 | --- | --- |
 {table}
-
+{basis_line}
 ## Load
 
 ```python
