@@ -1,6 +1,7 @@
 """MiniTransformer model configuration."""
 
 from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
@@ -10,8 +11,33 @@ LAYER_NORM_POSITIONS = ("post", "pre")
 HIDDEN_ACTS = ("relu", "gelu", "gelu_new", "silu")
 CLASSIFIER_POOLINGS = ("mean", "first", "last")
 LOGITS_WITH_LOSS = ("all", "labelled", "none")
+# `rope_parameters["rope_type"]` values: those transformers' Llama implements (modeling_rope_utils), with its
+# `dynamic_rope_update` for the ones that recompute frequencies as sequences grow.
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
+# Largest value of any size field: far beyond any real model, small enough that no table of the config's sizes
+# (e.g. 10**12 sinusoidal positions) is attempted before an error.
+MAX_SIZE = 2**24
 
 
+def value_errors(cls):
+    """Reports a field of the wrong type as a ValueError naming field and value, as every other bad value is.
+
+    @strict type-checks each field when it is set, raising its own StrictDataclassFieldValidationError, which is not
+    a ValueError; this wraps that check (applied outside @strict, so it sees its error).
+    """
+    strict_setattr = cls.__setattr__
+
+    def __setattr__(self, name, value):
+        try:
+            strict_setattr(self, name, value)
+        except StrictDataclassFieldValidationError as error:
+            raise ValueError(f"`{name}`: {error.__cause__}") from error
+
+    cls.__setattr__ = __setattr__
+    return cls
+
+
+@value_errors
 @strict(accept_kwargs=True)
 class MiniTransformerConfig(PreTrainedConfig):
     r"""
@@ -61,19 +87,21 @@ class MiniTransformerConfig(PreTrainedConfig):
     is_encoder_decoder: bool = False
     scale_embeddings: bool = True  # multiply token embeddings by sqrt(d_model) (paper §3.4)
     attention_bias: bool = False  # the paper's Q = X W_Q, K = X W_K, V = X W_V, W_O have no bias
-    rope_parameters: RopeParameters | dict | None = None  # rotary settings, used when position_embedding_type="rotary"
+    # Rotary settings, used when position_embedding_type="rotary": rope_theta, and a rope_type of ROPE_TYPES with its
+    # scaling parameters (transformers' format, e.g. {"rope_type": "linear", "factor": 2.0}).
+    rope_parameters: RopeParameters | dict | None = None
     # BERT's additions, off in the paper's model (scripts/convert.py sets them for BERT checkpoints).
     type_vocab_size: int = 0  # number of token types (segments) with an embedding added to the input; 0: none
     embedding_layer_norm: bool = False  # LayerNorm over embeddings + positions (+ token types), before dropout
     masked_lm_transform: bool = False  # MaskedLM head: LayerNorm(act(Linear(h))) before the vocabulary projection
     # Regularisation and numerics.
-    hidden_dropout_prob: float = 0.1  # P_drop on embeddings + positions and on every sublayer output (paper §5.4)
-    attention_dropout: float = 0.0  # dropout on attention probabilities; the paper uses none
+    hidden_dropout_prob: float | int = 0.1  # P_drop on embeddings + positions and each sublayer's output (paper §5.4)
+    attention_dropout: float | int = 0.0  # dropout on attention probabilities; the paper uses none
     layer_norm_eps: float = 1e-5  # epsilon of every LayerNorm (the paper does not give one; torch's default)
     initializer_range: float = 0.02  # std of the normal init of Linear and Embedding weights
     # Heads and generation.
     classifier_pooling: str = "mean"  # sequence classification pools "mean" | "first" | "last" non-pad token
-    classifier_dropout: float | None = None  # dropout before classifier heads; None means hidden_dropout_prob
+    classifier_dropout: float | int | None = None  # dropout before classifier heads; None means hidden_dropout_prob
     use_cache: bool = True  # return a KV cache from causal forward passes (used by generate)
     pad_token_id: int | None = 0
     bos_token_id: int | None = 1
@@ -85,7 +113,8 @@ class MiniTransformerConfig(PreTrainedConfig):
     # What the language-model heads project when `labels` are given (without labels, always every position). Same loss
     # and gradients either way: "all" (batch, seq, vocab) logits | "labelled": only the positions the loss scores,
     # (labelled, vocab), as ModernBERT's `sparse_prediction` | "none": the loss is fused with the projection chunk by
-    # chunk and `logits` is None, so no (tokens, vocab) tensor is ever held.
+    # chunk and `logits` is None, so no (tokens, vocab) tensor is ever held. A choice of the run, like the attention
+    # implementation: never written to config.json, so a saved or published model always returns its logits.
     logits_with_loss: str = "all"
 
     def __post_init__(self, **kwargs):
@@ -96,7 +125,13 @@ class MiniTransformerConfig(PreTrainedConfig):
             self.decoder_layers = self.num_hidden_layers
         if self.decoder_start_token_id is None:
             self.decoder_start_token_id = self.bos_token_id
-        super().__post_init__(**kwargs)
+        super().__post_init__(**kwargs)  # standardises `rope_parameters`
+        self._check_rope_parameters()
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        output.pop("logits_with_loss", None)  # a training-time choice (see the field), not part of the model
+        return output
 
     @property
     def head_dim(self) -> int:
@@ -108,8 +143,13 @@ class MiniTransformerConfig(PreTrainedConfig):
             value = getattr(self, name)
             if value is None and name == "decoder_layers":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_SIZE:
+                raise ValueError(f"`{name}` must be a positive integer no larger than {MAX_SIZE:,}, got {value!r}.")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(
+                f"`pad_token_id` must be a token id in [0, vocab_size={self.vocab_size}) or None, "
+                f"got {self.pad_token_id!r}."
+            )
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
@@ -140,6 +180,17 @@ class MiniTransformerConfig(PreTrainedConfig):
             raise ValueError(f"`layer_norm_eps` must be positive, got {self.layer_norm_eps!r}.")
         if not self.initializer_range >= 0:
             raise ValueError(f"`initializer_range` must be non-negative, got {self.initializer_range!r}.")
+
+    def _check_rope_parameters(self):
+        rope_type = self.rope_parameters.get("rope_type", "default")
+        if rope_type not in ROPE_TYPES:
+            raise ValueError(
+                f"`rope_parameters['rope_type']` must be one of {', '.join(map(repr, ROPE_TYPES))}, got {rope_type!r}."
+            )
+        try:  # transformers' own checks of each type's parameters, which raise KeyError for a missing one
+            self.validate_rope()
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"`rope_parameters` {self.rope_parameters}: {error}") from error
 
 
 __all__ = ["MiniTransformerConfig"]

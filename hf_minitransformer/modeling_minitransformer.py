@@ -22,7 +22,12 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.generation import GenerationMixin
-from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.masking_utils import (
+    create_bidirectional_mask,
+    create_causal_mask,
+    find_packed_sequence_indices,
+    packed_sequence_mask_function,
+)
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
@@ -34,7 +39,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple, logging
@@ -131,6 +136,8 @@ class MiniTransformerRotaryEmbedding(nn.Module):
     def __init__(self, config: MiniTransformerConfig):
         super().__init__()
         self.config = config
+        # What `dynamic_rope_update` reads: "dynamic" recomputes the frequencies past the original length.
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
         self.rope_type = config.rope_parameters["rope_type"]
         rope_init_fn = self.compute_default_rope_parameters
         if self.rope_type != "default":
@@ -149,6 +156,7 @@ class MiniTransformerRotaryEmbedding(nn.Module):
         return inv_freq.to(torch.get_default_dtype()), 1.0
 
     @torch.no_grad()
+    @dynamic_rope_update  # "dynamic" and "longrope" choose their frequencies by the sequence length, as in Llama
     def forward(self, x: torch.Tensor, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Angles in at least float32: positions times frequencies lose too many digits in half precision.
         dtype = torch.promote_types(self.inv_freq.dtype, torch.float32)
@@ -480,6 +488,10 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
         if inputs_embeds is None:
             self._check_token_ids(input_ids)
             inputs_embeds = self.embeddings.token_embeddings(input_ids)
+        elif inputs_embeds.dim() != 3:
+            shape = tuple(inputs_embeds.shape)
+            raise ValueError(f"inputs_embeds must be 3-D (batch, seq, hidden), got shape {shape}.")
+        packed = position_ids is not None  # the caller's positions may restart: several documents in a row
 
         if use_cache and cache is None and self.config.is_decoder:
             cache = DynamicCache(config=self.config)
@@ -490,11 +502,14 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
         if position_ids is None:
             position_ids = torch.arange(seq_length, device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)  # (1, seq)
-        self._check_positions(position_ids, past_seen_tokens + seq_length)
+        self._check_positions(position_ids)
         self._check_attention_mask(attention_mask, inputs_embeds.shape[0], seq_length, past_seen_tokens)
 
+        documents = None
+        if packed and attention_mask is None and past_seen_tokens == 0:
+            documents = find_packed_sequence_indices(position_ids.expand(inputs_embeds.shape[0], -1))
         attention_mask, encoder_attention_mask = self._attention_masks(
-            inputs_embeds, attention_mask, cache, position_ids, encoder_hidden_states, encoder_attention_mask
+            inputs_embeds, attention_mask, cache, documents, encoder_hidden_states, encoder_attention_mask
         )
 
         hidden_states = self.embeddings(inputs_embeds, position_ids, token_type_ids)
@@ -521,16 +536,23 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor | None,
         cache: Cache | None,
-        position_ids: torch.LongTensor,
+        documents: torch.Tensor | None,
         encoder_hidden_states: torch.Tensor | None,
         encoder_attention_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The self-attention mask (causal or bidirectional, with padding) and, in a decoder, the source mask that
-        cross-attention uses, in the form the attention implementation wants (None when SDPA needs none)."""
+        cross-attention uses, in the form the attention implementation wants (None when SDPA needs none).
+
+        `documents` (batch, seq): for a packed row, the index of the document each token belongs to, as transformers'
+        `find_packed_sequence_indices` reads it from `position_ids` restarting at 0 (DataCollatorWithFlattening);
+        no token then attends across a document boundary, in causal and bidirectional stacks alike.
+        """
         mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+        if documents is not None:
+            mask_kwargs["and_mask_function"] = packed_sequence_mask_function(documents)
         if self.config.is_decoder:
             self_attention_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
-            attention_mask = create_causal_mask(**mask_kwargs, cache=self_attention_cache, position_ids=position_ids)
+            attention_mask = create_causal_mask(**mask_kwargs, cache=self_attention_cache, position_ids=None)
         else:
             attention_mask = create_bidirectional_mask(**mask_kwargs, cache=cache)
         if encoder_hidden_states is not None:
@@ -545,6 +567,9 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
     # Input checks: an index error deep inside an embedding lookup (or a CUDA assert) tells the user nothing.
     # They read tensor values, so they are skipped while torch.compile traces the model.
     def _check_token_ids(self, input_ids: torch.LongTensor):
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be 2-D (batch, seq), got shape {tuple(input_ids.shape)}; for one "
+                             "sequence use input_ids[None] or the tokenizer's return_tensors='pt'.")
         if torch.compiler.is_compiling() or input_ids.numel() == 0:
             return
         low, high = int(input_ids.min()), int(input_ids.max())
@@ -564,15 +589,19 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
                 f"{self.config.is_encoder_decoder} and got encoder_hidden_states={encoder_hidden_states is not None}."
             )
 
-    def _check_positions(self, position_ids: torch.LongTensor, total_length: int):
+    def _check_positions(self, position_ids: torch.LongTensor):
+        # The limit is on position values, not on the row: a packed row of several documents may be longer.
         if self.config.position_embedding_type == "rotary" or torch.compiler.is_compiling():
             return  # rotary positions are computed on the fly and extend to any length
+        if not position_ids.numel():
+            return
         limit = self.config.max_position_embeddings
-        if total_length > limit or int(position_ids.max()) >= limit or int(position_ids.min()) < 0:
+        low, high = int(position_ids.min()), int(position_ids.max())
+        if low < 0 or high >= limit:
             raise ValueError(
-                f"Sequence of {total_length} tokens (largest position {int(position_ids.max())}) does not fit "
-                f"max_position_embeddings={limit} of {self.config.position_embedding_type!r} positions; positions "
-                f"must lie in [0, {limit}). Truncate the input, or use position_embedding_type='rotary'."
+                f"Position {low if low < 0 else high} is outside [0, max_position_embeddings={limit}) of "
+                f"{self.config.position_embedding_type!r} positions: a sequence (or each document of a packed row) "
+                f"can be at most {limit} tokens. Truncate the input, or use position_embedding_type='rotary'."
             )
 
     def _check_attention_mask(self, attention_mask: torch.Tensor | None, batch: int, seq: int, past: int):
@@ -852,6 +881,18 @@ class MiniTransformerForSeq2SeqLM(MiniTransformerPreTrainedModel, GenerationMixi
         for module in (self.model, self.model.encoder, self.model.decoder):  # their configs check token ids
             module.config.vocab_size = self.config.vocab_size
         return embeddings
+
+    def prepare_inputs_for_generation(self, decoder_input_ids, next_sequence_length=None, cache=None, **kwargs):
+        # A `generate` that continues from a returned cache is given the sequences so far as `decoder_input_ids`.
+        # transformers feeds only their uncached tail when a full-length `decoder_attention_mask` says so, and
+        # otherwise all of them again, on top of the cache; the cache's length says it just as well.
+        if next_sequence_length is None and cache is not None:
+            past_length = cache.get_seq_length()
+            if 0 < past_length < decoder_input_ids.shape[1]:
+                next_sequence_length = decoder_input_ids.shape[1] - past_length
+        return super().prepare_inputs_for_generation(
+            decoder_input_ids, next_sequence_length=next_sequence_length, cache=cache, **kwargs
+        )
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """What DataCollatorForSeq2Seq calls to build `decoder_input_ids` when it pads a batch."""

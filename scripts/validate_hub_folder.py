@@ -24,11 +24,12 @@ from safetensors.torch import load_file  # noqa: E402
 
 PIPELINES = {"clm": "text-generation", "mlm": "fill-mask", "seq2seq": "text2text-generation"}
 MAIN_AUTO_CLASS = {"clm": "AutoModelForCausalLM", "mlm": "AutoModelForMaskedLM", "seq2seq": "AutoModelForSeq2SeqLM"}
-# The Auto classes the folder must serve: one stack's heads share the body, an encoder-decoder serves its own head.
+# The Auto classes the folder must serve: one stack's heads share the body; an encoder-decoder serves its own head and
+# the bare encoder-decoder (AutoModel).
 REQUIRED_AUTO_CLASSES = {
     "clm": {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM"},
     "mlm": {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM"},
-    "seq2seq": {"AutoConfig", "AutoModelForSeq2SeqLM"},
+    "seq2seq": {"AutoConfig", "AutoModel", "AutoModelForSeq2SeqLM"},
 }
 REQUIRED_METADATA = ("license", "library_name", "pipeline_tag", "model-index")
 

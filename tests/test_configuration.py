@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import re
 
 import pytest
 from transformers import AutoConfig
@@ -20,6 +22,72 @@ def test_defaults_are_the_papers_base_model():
     assert config.hidden_dropout_prob == 0.1
 
 
+# Every field this package declares, with its default. A changed default, or a new field added without its default
+# written here, fails: the defaults are the paper's model, and checkpoints saved without a field rely on them.
+PINNED_DEFAULTS = dict(
+    vocab_size=32000,
+    hidden_size=512,  # d_model
+    num_hidden_layers=6,  # N
+    decoder_layers=6,  # None -> num_hidden_layers
+    num_attention_heads=8,  # h
+    intermediate_size=2048,  # d_ff
+    max_position_embeddings=512,
+    hidden_act="relu",
+    position_embedding_type="sinusoidal",
+    layer_norm_position="post",
+    is_decoder=False,
+    is_encoder_decoder=False,
+    scale_embeddings=True,
+    attention_bias=False,  # Q = X W_Q: no bias in the four attention projections
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    hidden_dropout_prob=0.1,  # P_drop, paper §5.4
+    attention_dropout=0.0,
+    layer_norm_eps=1e-5,
+    initializer_range=0.02,
+    classifier_pooling="mean",
+    classifier_dropout=None,
+    use_cache=True,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    decoder_start_token_id=1,  # None -> bos_token_id
+    tie_word_embeddings=True,
+    logits_with_loss="all",
+)
+
+
+def test_every_default_is_pinned():
+    config = MiniTransformerConfig()
+    declared = {field.name for field in dataclasses.fields(MiniTransformerConfig)
+                if field.name in MiniTransformerConfig.__annotations__}
+    assert declared == PINNED_DEFAULTS.keys()
+    assert {name: getattr(config, name) for name in declared} == PINNED_DEFAULTS
+
+
+def test_ints_are_accepted_for_float_fields_as_in_transformers_configs():
+    config = MiniTransformerConfig(hidden_dropout_prob=0, attention_dropout=1, classifier_dropout=0)
+    assert (config.hidden_dropout_prob, config.attention_dropout, config.classifier_dropout) == (0, 1, 0)
+    with pytest.raises(ValueError, match="`hidden_dropout_prob` must be a probability between 0 and 1, got 2"):
+        MiniTransformerConfig(hidden_dropout_prob=2)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(hidden_size="512"), "`hidden_size`: Field 'hidden_size' expected int, got str (value: '512')"),
+        (dict(layer_norm_eps="x"), "`layer_norm_eps`: Field 'layer_norm_eps' expected float, got str"),
+        (dict(scale_embeddings="yes"), "`scale_embeddings`: Field 'scale_embeddings' expected bool"),
+    ],
+)
+def test_a_field_of_the_wrong_type_is_a_value_error(overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        MiniTransformerConfig(**overrides)
+    config = MiniTransformerConfig()
+    name, value = next(iter(overrides.items()))
+    with pytest.raises(ValueError, match=f"`{name}`"):  # also when set afterwards
+        setattr(config, name, value)
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -30,15 +98,25 @@ def test_defaults_are_the_papers_base_model():
         (dict(classifier_pooling="max"), "`classifier_pooling` must be one of"),
         (dict(hidden_dropout_prob=-0.1), "`hidden_dropout_prob` must be a probability between 0 and 1, got -0.1"),
         (dict(attention_dropout=1.5), "`attention_dropout` must be a probability between 0 and 1, got 1.5"),
-        (dict(num_hidden_layers=0), "`num_hidden_layers` must be a positive integer, got 0"),
-        (dict(vocab_size=-5), "`vocab_size` must be a positive integer, got -5"),
+        (dict(num_hidden_layers=0), "`num_hidden_layers` must be a positive integer no larger than 16,777,216, got 0"),
+        (dict(vocab_size=-5), "`vocab_size` must be a positive integer no larger than 16,777,216, got -5"),
+        (dict(max_position_embeddings=10**12), "`max_position_embeddings` must be a positive integer no larger than "
+                                               "16,777,216, got 1000000000000"),
+        (dict(vocab_size=100, pad_token_id=100), "`pad_token_id` must be a token id in [0, vocab_size=100) or None, "
+                                                 "got 100"),
+        (dict(pad_token_id=-1), "`pad_token_id` must be a token id in [0, vocab_size=32000) or None, got -1"),
+        (dict(position_embedding_type="rotary", rope_parameters={"rope_type": "ntk-by-parts"}),
+         "`rope_parameters['rope_type']` must be one of 'default', 'linear', 'dynamic', 'yarn', 'longrope', "
+         "'llama3', got 'ntk-by-parts'"),
+        (dict(position_embedding_type="rotary", rope_parameters={"rope_type": "linear"}),
+         "Missing required keys in `rope_parameters` for 'rope_type'='linear': {'factor'}"),
         (dict(max_position_embeddings=0), "`max_position_embeddings` must be a positive integer"),
         (dict(layer_norm_eps=0.0), "`layer_norm_eps` must be positive"),
         (dict(hidden_size=36, num_attention_heads=12, position_embedding_type="rotary"), "even head size"),
     ],
 )
 def test_bad_values_raise_value_error_naming_field_and_value(overrides, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         MiniTransformerConfig(**overrides)
 
 
@@ -69,3 +147,12 @@ def test_presets_and_unknown_preset():
     assert set(PRESETS) >= {"tiny", "small", "base"}
     with pytest.raises(ValueError, match="Unknown model preset 'huge'; choose one of 'tiny', 'small', 'base'"):
         config_from_preset("huge")
+
+
+def test_logits_with_loss_is_a_choice_of_the_run_never_saved(tmp_path):
+    # A training run may ask for no logits; the checkpoint it saves must still return them to whoever loads it.
+    config = MiniTransformerConfig(logits_with_loss="none")
+    assert config.logits_with_loss == "none"
+    config.save_pretrained(tmp_path)
+    assert "logits_with_loss" not in json.loads((tmp_path / "config.json").read_text())
+    assert AutoConfig.from_pretrained(tmp_path).logits_with_loss == "all"

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from hf_minitransformer import MiniTransformerForCausalLM
+from hf_minitransformer import MiniTransformerForCausalLM, MiniTransformerForSeq2SeqLM
 
 from .conftest import make_config
 
@@ -98,3 +98,64 @@ def test_generation_past_the_position_table_is_refused():
     model = causal_lm(max_position_embeddings=16)
     with pytest.raises(ValueError, match="max_position_embeddings=16"):
         model.generate(torch.randint(3, 99, (1, 10)), max_new_tokens=10, do_sample=False, eos_token_id=None)
+
+
+def continue_generation(model, source, attention_mask, first, cache, **kwargs):
+    """generate() again from `first.sequences` and a cache, as a user continues a returned generation."""
+    if model.config.is_encoder_decoder:  # the source again; the sequences so far are the decoder's inputs
+        return model.generate(source, attention_mask=attention_mask, decoder_input_ids=first.sequences, cache=cache,
+                              **kwargs)
+    new_tokens = first.sequences.shape[1] - source.shape[1]
+    attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], new_tokens)], 1)
+    return model.generate(first.sequences, attention_mask=attention_mask, cache=cache, **kwargs)
+
+
+def self_attention_cache(cache):
+    return [cache.self_attention_cache] if hasattr(cache, "self_attention_cache") else [cache]
+
+
+GENERATE = dict(do_sample=False, return_dict_in_generate=True, output_logits=True, output_scores=True,
+                eos_token_id=None, pad_token_id=0)
+
+
+def left_padded_source() -> tuple[torch.Tensor, torch.Tensor]:
+    source = torch.randint(3, 99, (2, 6))
+    attention_mask = torch.ones_like(source)
+    attention_mask[1, :2] = 0
+    return source, attention_mask
+
+
+@pytest.mark.parametrize("head", [MiniTransformerForCausalLM, MiniTransformerForSeq2SeqLM])
+def test_greedy_generation_continues_from_its_returned_cache(head):
+    model = head(make_config()).eval()
+    source, attention_mask = left_padded_source()
+    whole = model.generate(source, attention_mask=attention_mask, max_new_tokens=8, **GENERATE)
+    first = model.generate(source, attention_mask=attention_mask, max_new_tokens=4, **GENERATE)
+    second = continue_generation(model, source, attention_mask, first, first.cache, max_new_tokens=4, **GENERATE)
+    assert torch.equal(second.sequences, whole.sequences)
+    for continued, uninterrupted in zip(first.logits + second.logits, whole.logits, strict=True):
+        torch.testing.assert_close(continued, uninterrupted, rtol=0, atol=0)
+    caches = [(whole.cache, second.cache)]
+    if model.config.is_encoder_decoder:
+        caches = [(whole.cache.self_attention_cache, second.cache.self_attention_cache),
+                  (whole.cache.cross_attention_cache, second.cache.cross_attention_cache)]
+    for uninterrupted, continued in caches:
+        for a, b in zip(uninterrupted.layers, continued.layers, strict=True):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+@pytest.mark.parametrize("head", [MiniTransformerForCausalLM, MiniTransformerForSeq2SeqLM])
+def test_beam_search_continues_from_a_returned_cache(head):
+    # Beam search from the sequences so far gives the same beams whether the prefix comes from the returned cache
+    # (grown to one row per beam with the Cache API, as generate() does not) or is computed again. Restarting an
+    # interrupted beam search from its best sequence is another search: it dropped the other beams.
+    model = head(make_config()).eval()
+    source, attention_mask = left_padded_source()
+    first = model.generate(source, attention_mask=attention_mask, max_new_tokens=4, **GENERATE)
+    first.cache.batch_repeat_interleave(3)
+    cached = continue_generation(model, source, attention_mask, first, first.cache, max_new_tokens=4, num_beams=3,
+                                 **GENERATE)
+    recomputed = continue_generation(model, source, attention_mask, first, None, max_new_tokens=4, num_beams=3,
+                                     **GENERATE)
+    assert torch.equal(cached.sequences, recomputed.sequences)
+    torch.testing.assert_close(cached.sequences_scores, recomputed.sequences_scores, rtol=0, atol=1e-6)

@@ -1,6 +1,10 @@
+import re
+
 import pytest
 import torch
 from torch import nn
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from hf_minitransformer import (
     MiniTransformerForCausalLM,
@@ -9,8 +13,10 @@ from hf_minitransformer import (
     MiniTransformerForSequenceClassification,
     MiniTransformerForTokenClassification,
     MiniTransformerModel,
+    MiniTransformerSeq2SeqModel,
 )
 from hf_minitransformer import loss_minitransformer as loss_module
+from hf_minitransformer.modeling_minitransformer import MiniTransformerRotaryEmbedding
 
 from .conftest import make_config
 
@@ -189,12 +195,17 @@ def test_inputs_embeds_equal_input_ids():
     torch.testing.assert_close(model(inputs_embeds=embeds).logits, model(input_ids).logits)
 
 
-def test_logits_to_keep():
-    model = MiniTransformerForCausalLM(make_config()).eval()
+@pytest.mark.parametrize("head", [MiniTransformerForCausalLM, MiniTransformerForSeq2SeqLM])
+def test_logits_to_keep(head):
+    model = head(make_config()).eval()
     input_ids = batch()
-    full = model(input_ids).logits
-    torch.testing.assert_close(model(input_ids, logits_to_keep=1).logits, full[:, -1:])
-    torch.testing.assert_close(model(input_ids, logits_to_keep=torch.tensor([0, 3])).logits, full[:, [0, 3]])
+    inputs = dict(decoder_input_ids=batch(size=(2, 5))) if model.config.is_encoder_decoder else {}
+    full = model(input_ids, **inputs).logits
+    torch.testing.assert_close(model(input_ids, **inputs, logits_to_keep=1).logits, full[:, -1:])
+    kept = model(input_ids, **inputs, logits_to_keep=torch.tensor([0, 3])).logits
+    torch.testing.assert_close(kept, full[:, [0, 3]])
+    # generate() asks the heads that take `logits_to_keep` for the last position only.
+    assert model._supports_logits_to_keep()
 
 
 def test_explicit_position_ids_shift_the_encoding():
@@ -225,10 +236,20 @@ def test_token_ids_outside_the_vocabulary():
 @pytest.mark.parametrize("position_embedding_type", ["sinusoidal", "learned"])
 def test_sequence_longer_than_the_position_table(position_embedding_type):
     model = MiniTransformerModel(make_config(position_embedding_type=position_embedding_type))
-    with pytest.raises(ValueError, match=r"Sequence of 65 tokens .* max_position_embeddings=64"):
+    with pytest.raises(ValueError, match=r"Position 64 is outside \[0, max_position_embeddings=64\)"):
         model(torch.randint(3, 99, (1, 65)))
-    with pytest.raises(ValueError, match="largest position 64"):
+    with pytest.raises(ValueError, match="Position 64 is outside"):
         model(torch.randint(3, 99, (1, 4)), position_ids=torch.arange(61, 65)[None])
+    with pytest.raises(ValueError, match="Position -1 is outside"):
+        model(torch.randint(3, 99, (1, 2)), position_ids=torch.tensor([[-1, 0]]))
+
+
+def test_one_dimensional_input_ids_are_refused_by_their_shape():
+    model = MiniTransformerModel(make_config())
+    with pytest.raises(ValueError, match=r"input_ids must be 2-D \(batch, seq\), got shape \(7,\)"):
+        model(torch.randint(3, 99, (7,)))
+    with pytest.raises(ValueError, match=r"inputs_embeds must be 3-D \(batch, seq, hidden\), got shape \(7, 32\)"):
+        model(inputs_embeds=torch.randn(7, 32))
 
 
 def test_rotary_positions_extend_past_max_position_embeddings():
@@ -329,3 +350,62 @@ def test_fused_loss_under_bfloat16_autocast():
 def test_logits_with_loss_must_be_known():
     with pytest.raises(ValueError, match=r"`logits_with_loss` must be one of 'all', 'labelled', 'none', got 'some'"):
         make_config(logits_with_loss="some")
+
+
+HEADS = [MiniTransformerModel, MiniTransformerForMaskedLM, MiniTransformerForCausalLM,
+         MiniTransformerForSequenceClassification, MiniTransformerForTokenClassification, MiniTransformerSeq2SeqModel,
+         MiniTransformerForSeq2SeqLM]
+
+
+@pytest.mark.parametrize("head", HEADS, ids=lambda head: head.__name__)
+def test_every_tensor_parallel_rule_names_modules_of_the_head(head):
+    # transformers shards by these patterns; a rule matching nothing would silently leave layers whole.
+    model = head(make_config(num_labels=3, decoder_layers=3))
+    plan = model.tp_plan
+    modules = {re.sub(r"\.\d+\.", ".*.", name) for name, _ in model.named_modules()}
+    assert plan and set(plan) <= modules, set(plan) - modules
+    # ... and every linear layer of attention and feed-forward has its rule (cross-attention included).
+    projections = {name for name in modules
+                   if name.rsplit(".", 1)[-1] in {"q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"}}
+    assert projections == set(plan)
+
+
+ROPE_SCALINGS = {
+    "linear": {"factor": 2.0},
+    "dynamic": {"factor": 2.0},
+    "yarn": {"factor": 2.0, "original_max_position_embeddings": 16},
+    "llama3": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16},
+    "longrope": {"short_factor": [1.0, 1.0, 1.0, 1.0], "long_factor": [2.0, 3.0, 4.0, 5.0],
+                 "original_max_position_embeddings": 16},
+}
+
+
+@pytest.mark.parametrize("rope_type", ROPE_SCALINGS)
+def test_rope_scaling_behaves_as_in_llama(rope_type):
+    rope_parameters = {"rope_type": rope_type, "rope_theta": 10000.0, **ROPE_SCALINGS[rope_type]}
+    sizes = dict(hidden_size=32, num_attention_heads=4, max_position_embeddings=32)
+    ours = MiniTransformerRotaryEmbedding(
+        make_config(**sizes, position_embedding_type="rotary", rope_parameters=dict(rope_parameters))
+    )
+    llama = LlamaRotaryEmbedding(LlamaConfig(**sizes, rope_parameters=dict(rope_parameters)))
+    default = MiniTransformerRotaryEmbedding(make_config(**sizes, position_embedding_type="rotary"))
+    x = torch.zeros(1)
+    for length in (8, 64):  # within the original length, then past it ("dynamic" recomputes only there)
+        positions = torch.arange(length)[None]
+        (cos, sin), (llama_cos, llama_sin) = ours(x, positions), llama(x, positions)
+        torch.testing.assert_close(cos, llama_cos, rtol=0, atol=1e-6)
+        torch.testing.assert_close(sin, llama_sin, rtol=0, atol=1e-6)
+        scaled = not torch.allclose(cos, default(x, positions)[0])
+        assert scaled == (rope_type != "dynamic" or length > 32), (rope_type, length)
+
+
+def test_rope_scaling_reaches_the_model_output():
+    input_ids = batch(size=(1, 12))
+    outputs = []
+    for rope_parameters in (None, {"rope_type": "linear", "factor": 4.0}):
+        torch.manual_seed(0)
+        model = MiniTransformerModel(make_config(position_embedding_type="rotary", rope_parameters=rope_parameters))
+        with torch.no_grad():
+            outputs.append(model.eval()(input_ids).last_hidden_state)
+    assert not torch.allclose(*outputs)

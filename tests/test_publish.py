@@ -109,7 +109,7 @@ def test_dry_run_of_a_seq2seq_model_validates_its_head_and_pipeline(tmp_path, ca
     names = {p.name for p in staged.iterdir()}
     assert {"modeling_minitransformer.py", "loss_minitransformer.py", "pipelines_minitransformer.py"} <= names
     config = json.loads((staged / "config.json").read_text())
-    assert set(config["auto_map"]) == {"AutoConfig", "AutoModelForSeq2SeqLM"}
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForSeq2SeqLM"}
     assert set(config["custom_pipelines"]) == {"text2text-generation", "translation"}
     assert "ok  AutoModelForSeq2SeqLM logits equal the publishing process's" in out
     assert "ok  pipeline('text2text-generation') from the folder's pipelines_minitransformer.py" in out

@@ -9,6 +9,7 @@ projection shares the embedding matrix (§3.4).
 """
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -69,10 +70,18 @@ def causal_mask(n: int) -> torch.Tensor:
     return j <= i
 
 
-def linear(x: torch.Tensor, weights: Weights, name: str) -> torch.Tensor:
+def linear(x: torch.Tensor, weights: Weights, name: str, bias: bool) -> torch.Tensor:
+    """x W^T (+ b): `bias` says whether the equation has one, and the model must hold exactly that parameter."""
+    assert (f"{name}.bias" in weights) == bias, f"{name}: the equations {'need' if bias else 'have no'} a bias"
     out = x @ weights[f"{name}.weight"].T
-    bias = weights.get(f"{name}.bias")
-    return out + bias if bias is not None else out
+    return out + weights[f"{name}.bias"] if bias else out
+
+
+Dropout = Callable[[torch.Tensor], torch.Tensor]
+
+
+def no_dropout(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def multi_head_attention(
@@ -96,8 +105,8 @@ def multi_head_attention(
 
         def project(inp: torch.Tensor, name: str) -> torch.Tensor:
             out = inp @ weights[f"{prefix}.{name}.weight"][rows].T
-            bias = weights.get(f"{prefix}.{name}.bias")
-            return out + bias[rows] if bias is not None else out
+            assert (f"{prefix}.{name}.bias" in weights) == config.attention_bias, f"{prefix}.{name}.bias"
+            return out + weights[f"{prefix}.{name}.bias"][rows] if config.attention_bias else out
 
         q, k, v = project(q_input, "q_proj"), project(kv_input, "k_proj"), project(kv_input, "v_proj")  # 3.
         if rotary:
@@ -105,20 +114,28 @@ def multi_head_attention(
         scores = q @ k.T / math.sqrt(d_k)  # 4. Q K^T / sqrt(d_k), (N_q, N_kv)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-        heads.append(torch.softmax(scores, dim=-1) @ v)
-    return linear(torch.cat(heads, dim=-1), weights, f"{prefix}.o_proj")  # Concat(head_1..head_h) W_O
+        # A query with no key to attend to (a left pad under a causal mask) is padding itself; its row is zeroed so
+        # that no NaN reaches the real tokens, which never attend to it.
+        heads.append(torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v)
+    # Concat(head_1..head_h) W_O
+    return linear(torch.cat(heads, dim=-1), weights, f"{prefix}.o_proj", config.attention_bias)
 
 
 def feed_forward(z: torch.Tensor, weights: Weights, prefix: str, config: MiniTransformerConfig) -> torch.Tensor:
     """6. FFN(Z) = act(Z W_1 + b_1) W_2 + b_2."""
-    inner = ACTIVATIONS[config.hidden_act](linear(z, weights, f"{prefix}.fc1"))
-    return linear(inner, weights, f"{prefix}.fc2")
+    inner = ACTIVATIONS[config.hidden_act](linear(z, weights, f"{prefix}.fc1", bias=True))
+    return linear(inner, weights, f"{prefix}.fc2", bias=True)
 
 
 def embed(
-    tokens: torch.Tensor, token_embeddings: torch.Tensor, weights: Weights, prefix: str, config: MiniTransformerConfig
+    tokens: torch.Tensor,
+    token_embeddings: torch.Tensor,
+    weights: Weights,
+    prefix: str,
+    config: MiniTransformerConfig,
+    dropout: Dropout = no_dropout,
 ) -> torch.Tensor:
-    """1. Data flow: X = embeddings (x sqrt(d_model), paper §3.4), plus positions (§3.5)."""
+    """1. Data flow: X = embeddings (x sqrt(d_model), paper §3.4), plus positions (§3.5), then dropout (§5.4)."""
     d_model, n = config.hidden_size, tokens.shape[0]
     x = token_embeddings[tokens]
     if config.scale_embeddings:
@@ -127,7 +144,7 @@ def embed(
         x = x + positional_encoding(n, d_model)
     elif config.position_embedding_type == "learned":
         x = x + weights[f"{prefix}embeddings.position_embeddings.weight"][:n]
-    return x
+    return dropout(x)
 
 
 def reference_layer(
@@ -138,8 +155,12 @@ def reference_layer(
     self_mask: torch.Tensor | None,
     memory: torch.Tensor | None = None,
     memory_mask: torch.Tensor | None = None,
+    dropout: Dropout = no_dropout,
 ) -> torch.Tensor:
-    """One layer; with `memory` (the encoder output) a decoder layer: self-attention, cross-attention, FFN."""
+    """One layer; with `memory` (the encoder output) a decoder layer: self-attention, cross-attention, FFN.
+
+    §5.4: dropout on the output of each sub-layer, before it is added to the sub-layer input and normalised.
+    """
     rotary = config.position_embedding_type == "rotary"
 
     def self_attention(z: torch.Tensor) -> torch.Tensor:
@@ -157,10 +178,10 @@ def reference_layer(
     sublayers.append((ffn, "ffn_layer_norm"))
     for sublayer, norm_name in sublayers:
         norm_weight, norm_bias = weights[f"{prefix}{norm_name}.weight"], weights[f"{prefix}{norm_name}.bias"]
-        if config.layer_norm_position == "post":  # 2./5. LayerNorm(x + Sublayer(x))
-            x = layer_norm(x + sublayer(x), norm_weight, norm_bias, config.layer_norm_eps)
-        else:  # x + Sublayer(LayerNorm(x))
-            x = x + sublayer(layer_norm(x, norm_weight, norm_bias, config.layer_norm_eps))
+        if config.layer_norm_position == "post":  # 2./5. LayerNorm(x + Dropout(Sublayer(x)))
+            x = layer_norm(x + dropout(sublayer(x)), norm_weight, norm_bias, config.layer_norm_eps)
+        else:  # x + Dropout(Sublayer(LayerNorm(x)))
+            x = x + dropout(sublayer(layer_norm(x, norm_weight, norm_bias, config.layer_norm_eps)))
     return x
 
 
@@ -174,11 +195,12 @@ def reference_stack(
     self_mask: torch.Tensor | None,
     memory: torch.Tensor | None = None,
     memory_mask: torch.Tensor | None = None,
+    dropout: Dropout = no_dropout,
 ) -> torch.Tensor:
     """Embeddings + positions, `num_layers` layers, and (pre-LN only) a final LayerNorm: (N,) -> (N, d_model)."""
-    x = embed(tokens, token_embeddings, weights, prefix, config)
+    x = embed(tokens, token_embeddings, weights, prefix, config, dropout)
     for layer in range(num_layers):
-        x = reference_layer(x, weights, f"{prefix}layers.{layer}.", config, self_mask, memory, memory_mask)
+        x = reference_layer(x, weights, f"{prefix}layers.{layer}.", config, self_mask, memory, memory_mask, dropout)
     if config.layer_norm_position == "pre":
         norm_weight, norm_bias = weights[f"{prefix}final_layer_norm.weight"], weights[f"{prefix}final_layer_norm.bias"]
         x = layer_norm(x, norm_weight, norm_bias, config.layer_norm_eps)
@@ -186,7 +208,11 @@ def reference_stack(
 
 
 def reference_hidden_states(
-    weights: Weights, config: MiniTransformerConfig, tokens: torch.Tensor, pad_mask: torch.Tensor | None = None
+    weights: Weights,
+    config: MiniTransformerConfig,
+    tokens: torch.Tensor,
+    pad_mask: torch.Tensor | None = None,
+    dropout: Dropout = no_dropout,
 ) -> torch.Tensor:
     """One sequence `tokens` (N,) -> (N, d_model); pad_mask (N,) with 0 for keys that must not be attended to."""
     n = tokens.shape[0]
@@ -196,13 +222,20 @@ def reference_hidden_states(
     if pad_mask is not None:
         mask = mask & pad_mask.bool()[None, :]
     token_embeddings = weights["embeddings.token_embeddings.weight"]
-    return reference_stack(tokens, token_embeddings, weights, "", config, config.num_hidden_layers, mask)
+    return reference_stack(tokens, token_embeddings, weights, "", config, config.num_hidden_layers, mask,
+                           dropout=dropout)
 
 
 def reference_seq2seq(
-    weights: Weights, config: MiniTransformerConfig, source: torch.Tensor, decoder_inputs: torch.Tensor
+    weights: Weights,
+    config: MiniTransformerConfig,
+    source: torch.Tensor,
+    decoder_inputs: torch.Tensor,
+    decoder_pad_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One unpadded pair, source (S,) and decoder inputs (T,) -> encoder output (S, d), decoder output (T, d), logits.
+    """One pair, source (S,) and decoder inputs (T,) -> encoder output (S, d), decoder output (T, d), logits.
+
+    The source is unpadded; `decoder_pad_mask` (T,) marks with 0 decoder inputs that must not be attended to.
 
     §3.4: with tied embeddings, source embeddings, target embeddings and the pre-softmax projection are one matrix.
     """
@@ -216,15 +249,12 @@ def reference_seq2seq(
     memory = reference_stack(
         source, source_embeddings, weights, "model.encoder.", config, config.num_hidden_layers, None
     )
-    # Decoder: masked self-attention (j <= i), then attention over every source position.
+    # Decoder: masked self-attention (j <= i, and not to padding), then attention over every source position.
+    self_mask = causal_mask(decoder_inputs.shape[0])
+    if decoder_pad_mask is not None:
+        self_mask = self_mask & decoder_pad_mask.bool()[None, :]
     decoder = reference_stack(
-        decoder_inputs,
-        target_embeddings,
-        weights,
-        "model.decoder.",
-        config,
-        config.decoder_layers,
-        causal_mask(decoder_inputs.shape[0]),
+        decoder_inputs, target_embeddings, weights, "model.decoder.", config, config.decoder_layers, self_mask,
         memory=memory,
     )
     logits = decoder @ output_projection.T
@@ -279,12 +309,16 @@ def test_matches_reference_equations_in_float64(float64_default, variant, attn_i
         torch.testing.assert_close(hidden[b], expected, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("is_decoder", [False, True])
-def test_padding_mask_matches_reference(float64_default, is_decoder):
+def test_padding_mask_matches_reference(float64_default, is_decoder, side):
+    # Left padding is what a causal stack sees in batched generation: there, real tokens come after the padding and
+    # only the mask keeps them from attending to it.
     config = make_config(is_decoder=is_decoder)
     model = MiniTransformerModel(config).eval()
     tokens = torch.randint(3, config.vocab_size, (2, 7))
-    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])  # right padding: the second row has 4 real tokens
+    padded_row = [1] * 4 + [0] * 3 if side == "right" else [0] * 3 + [1] * 4
+    mask = torch.tensor([[1] * 7, padded_row])  # the second row has 4 real tokens
     with torch.no_grad():
         hidden = model(tokens, attention_mask=mask).last_hidden_state
     weights = {k: v.detach() for k, v in model.state_dict().items()}
@@ -413,3 +447,73 @@ def test_seq2seq_loss_is_reference_cross_entropy_over_labelled_targets(
         assert outputs.loss.dtype == torch.float64
     atol = 1e-10 if outputs.loss.dtype == torch.float64 else 2e-6
     torch.testing.assert_close(outputs.loss.double(), expected, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_seq2seq_left_padded_decoder_inputs_match_reference(float64_default, attn_implementation):
+    # Right-padded targets never test the decoder's mask (the causal mask already hides what follows); left-padded
+    # decoder inputs do.
+    model = seq2seq_model("default", attn_implementation)
+    config = model.config
+    source = torch.randint(3, config.vocab_size, (2, 7))
+    decoder_inputs = torch.randint(3, config.vocab_size, (2, 6))
+    decoder_attention_mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
+    outputs, decoder_hidden = run_seq2seq(model, input_ids=source, decoder_input_ids=decoder_inputs,
+                                          decoder_attention_mask=decoder_attention_mask)
+    weights = {k: v.detach() for k, v in model.state_dict().items()}
+    for b in range(2):
+        _, decoder, logits = reference_seq2seq(
+            weights, config, source[b], decoder_inputs[b], decoder_attention_mask[b]
+        )
+        real = decoder_attention_mask[b].bool()
+        torch.testing.assert_close(decoder_hidden[b, real], decoder[real], rtol=0, atol=1e-10)
+        torch.testing.assert_close(outputs.logits[b, real], logits[real], rtol=0, atol=1e-10)
+
+
+def test_the_default_layer_holds_exactly_the_papers_parameters():
+    # Biases in the feed-forward (b_1, b_2), none in W_Q, W_K, W_V, W_O; a LayerNorm after each of the two sub-layers.
+    layer = MiniTransformerModel(make_config()).layers[0]
+    assert {name: tuple(p.shape) for name, p in layer.named_parameters()} == {
+        "self_attn.q_proj.weight": (32, 32),
+        "self_attn.k_proj.weight": (32, 32),
+        "self_attn.v_proj.weight": (32, 32),
+        "self_attn.o_proj.weight": (32, 32),
+        "attn_layer_norm.weight": (32,),
+        "attn_layer_norm.bias": (32,),
+        "feed_forward.fc1.weight": (37, 32),
+        "feed_forward.fc1.bias": (37,),
+        "feed_forward.fc2.weight": (32, 37),
+        "feed_forward.fc2.bias": (32,),
+        "ffn_layer_norm.weight": (32,),
+        "ffn_layer_norm.bias": (32,),
+    }
+
+
+def seeded_dropout(p: float) -> Dropout:
+    """Dropout as torch draws it on the CPU (a Bernoulli(1 - p) mask, scaled by 1 / (1 - p)), from the global RNG:
+    with the same seed it zeroes the same activations as the model's dropout, if it is applied at the same places, to
+    tensors of the same sizes, in the same order."""
+
+    def dropout(x: torch.Tensor) -> torch.Tensor:
+        return x * torch.empty_like(x).bernoulli_(1 - p) / (1 - p)
+
+    return dropout
+
+
+@pytest.mark.parametrize("variant", ["default", "pre_ln", "causal"])
+def test_dropout_sits_where_the_paper_puts_it(float64_default, variant):
+    # §5.4: "We apply dropout to the output of each sub-layer, before it is added to the sub-layer input and
+    # normalized. In addition, we apply dropout to the sums of the embeddings and the positional encodings."
+    config = make_config(**VARIANTS[variant], hidden_dropout_prob=0.3)
+    config._attn_implementation = "eager"  # attention_dropout is 0: no draw there
+    model = MiniTransformerModel(config).train()
+    _randomize_norms(model)
+    tokens = torch.randint(3, config.vocab_size, (1, 9))  # one row: the model draws masks of the reference's sizes
+    torch.manual_seed(1234)
+    hidden = model(tokens).last_hidden_state[0].detach()
+    weights = {k: v.detach() for k, v in model.state_dict().items()}
+    torch.manual_seed(1234)
+    expected = reference_hidden_states(weights, config, tokens[0], dropout=seeded_dropout(0.3))
+    torch.testing.assert_close(hidden, expected, rtol=0, atol=1e-10)
+    # The check can tell: without dropout the same weights give another answer.
+    assert not torch.allclose(hidden, reference_hidden_states(weights, config, tokens[0]))

@@ -327,3 +327,16 @@ def test_remote_code_round_trip_without_the_package(saved, tmp_path):
     assert_matches_checkpoint(results["AutoModelForCausalLM"]["state_dict"], resaved,
                               tied_keys(saved["AutoModelForCausalLM"][1]))
     assert load_file(resaved / "model.safetensors").keys() == load_file(original / "model.safetensors").keys()
+
+
+def test_a_model_trained_without_logits_returns_them_once_saved(tmp_path):
+    # logits_with_loss="none" is a training speed-up; whoever loads the checkpoint (Trainer.evaluate with
+    # compute_metrics, a metric script) gets logits with the loss.
+    model = hf_minitransformer.MiniTransformerForCausalLM(make_config(logits_with_loss="none")).eval()
+    input_ids = example_inputs()["input_ids"]
+    assert model(input_ids, labels=input_ids).logits is None
+    model.save_pretrained(tmp_path)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    out = loaded(input_ids, labels=input_ids)
+    assert out.logits.shape == (2, 7, 99)
+    torch.testing.assert_close(out.loss, model(input_ids, labels=input_ids).loss)
