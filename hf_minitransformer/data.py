@@ -27,6 +27,7 @@ import calendar
 import dataclasses
 import datetime
 import itertools
+import platform
 import random
 import re
 import sysconfig
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from datasets import Dataset, DatasetDict, load_dataset
+from datasets.exceptions import DatasetGenerationError
 from datasets.fingerprint import Hasher
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -95,16 +97,24 @@ class DataArgs:
             raise ValueError(f"--max_corpus_bytes must be positive, got {self.max_corpus_bytes}.")
 
     def describe(self) -> dict:
-        """A JSON-serialisable description of the data, for the training summary and the model card."""
+        """A JSON-serialisable description of the data, for the training summary and the model card.
+
+        "source" is portable, as a published card needs it: corpus and file names, never a local absolute path (the
+        paths stay in "args", from which `scripts/show_model.py` rebuilds the validation split on this machine).
+        """
         if self.dataset_name:
-            source = f"dataset {self.dataset_name}" + (f" ({self.dataset_config_name})"
-                                                       if self.dataset_config_name else "")
+            local = Path(self.dataset_name).exists()
+            name = Path(self.dataset_name).name if local else self.dataset_name
+            source = f"{'local dataset folder' if local else 'dataset'} {name}" + (
+                f" ({self.dataset_config_name})" if self.dataset_config_name else "")
         elif self.train_file:
-            source = f"local file {self.train_file}"
+            source = f"local file {Path(self.train_file).name}" + (
+                f" (validation: {Path(self.validation_file).name})" if self.validation_file else "")
         else:
             files = embedded_corpus_files(self.max_corpus_bytes)
-            source = (f"{self.embedded_name}: {len(files)} top-level modules of the Python standard library in "
-                      f"{sysconfig.get_paths()['stdlib']}, {sum(Path(f).stat().st_size for f in files)} bytes")
+            source = (f"{self.embedded_name}: {len(files)} top-level modules of the Python "
+                      f"{platform.python_version()} standard library, "
+                      f"{sum(Path(f).stat().st_size for f in files)} bytes")
         return {"source": source, "args": dataclasses.asdict(self)}
 
 
@@ -191,7 +201,12 @@ def load_hub_or_files(data: DataArgs) -> tuple[DatasetDict, bool]:
     builder = FILE_BUILDERS[Path(data.train_file).suffix.lower()]
     # keep_linebreaks: lines are concatenated when packing, so they must keep their "\n".
     options = {"keep_linebreaks": True} if builder == "text" else {}
-    return load_dataset(builder, data_files=data_files, **options), builder != "text"
+    try:
+        return load_dataset(builder, data_files=data_files, **options), builder != "text"
+    except DatasetGenerationError as error:  # says only "An error occurred while generating the dataset"
+        cause = error.__cause__ or error
+        files = " or ".join(repr(path) for path in data_files.values())
+        raise ValueError(f"Could not read {files} as {builder} data: {type(cause).__name__}: {cause}") from None
 
 
 def split_embedded_corpus(max_bytes: int, validation_split_percentage: float) -> dict[str, list[str]]:
