@@ -57,7 +57,8 @@ def test_paper_recipe_sets_its_flags_and_explicit_flags_win():
 @pytest.mark.parametrize("argv, message", [
     (["--label_smoothing_factor", "1.0"], "--label_smoothing_factor must lie in [0, 1), got 1.0"),
     (["--adam_beta2", "-0.1"], "--adam_beta2 must lie in [0, 1), got -0.1"),
-    (["--adam_epsilon", "0"], "--adam_epsilon must be positive, got 0.0"),
+    (["--adam_epsilon", "0"], "--adam_epsilon must be a positive number, got 0.0"),
+    (["--adam_epsilon", "nan"], "--adam_epsilon must be a positive number, got nan"),
 ])
 def test_bad_recipe_values_are_value_errors_before_any_work(tmp_path, argv, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
