@@ -502,15 +502,15 @@ def read_config_json(path: Path, flag: str) -> dict:
 def parse_config_overrides(text: str) -> dict:
     """'k=v,k=v' -> {k: v}: every key a MiniTransformerConfig field, values read as JSON (numbers, true, null) or
     else as strings."""
-    known = set(MiniTransformerConfig().to_dict())
+    known = {field.name for field in dataclasses.fields(MiniTransformerConfig)}  # with PreTrainedConfig's own
     overrides = {}
     for item in text.split(","):
         key, sep, value = (part.strip() for part in item.partition("="))
         if not sep or not key:
             raise ValueError(f"--config_overrides: {item.strip()!r} is not key=value (e.g. 'num_hidden_layers=2').")
         if key not in known:
-            raise ValueError(f"--config_overrides: unknown config field {key!r}; known fields: "
-                             f"{', '.join(sorted(known))}.")
+            raise ValueError(f"--config_overrides: unknown config field {key!r}; MiniTransformerConfig's fields are "
+                             f"{', '.join(MiniTransformerConfig.__annotations__)}.")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
