@@ -657,7 +657,8 @@ class MiniTransformerForMaskedLM(MiniTransformerPreTrainedModel):
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
         r"""
-        labels: (batch, seq) target ids at masked positions, -100 elsewhere (ignored by the loss).
+        labels: (batch, seq) target ids at masked positions, -100 elsewhere (ignored by the loss). If every label
+            is -100 the loss is NaN (0 / 0), as in transformers' own models.
         token_type_ids: (batch, seq) segment ids, for models with `config.type_vocab_size` (BERT's).
         Returns `MaskedLMOutput` with `logits` (batch, seq, vocab); with `labels`, `config.logits_with_loss` can ask
         for (labelled, vocab) logits at the masked positions only, or for none.
@@ -706,7 +707,8 @@ class MiniTransformerForCausalLM(MiniTransformerPreTrainedModel, GenerationMixin
     ) -> CausalLMOutputWithPast:
         r"""
         labels: (batch, seq) the input ids themselves (-100 to ignore a position); the loss shifts them by one, so
-            position t is scored on predicting token t + 1.
+            position t is scored on predicting token t + 1. If no position is scored the loss is NaN (0 / 0), as in
+            transformers' own models.
         logits_to_keep: compute logits only for the last `n` positions (0: all), or for the given indices.
         Returns `CausalLMOutputWithPast` with `logits` (batch, kept positions, vocab) and the `cache`; with `labels`,
         `config.logits_with_loss` can ask for (labelled, vocab) logits at the scored positions only, or for none.
