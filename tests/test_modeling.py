@@ -409,3 +409,13 @@ def test_rope_scaling_reaches_the_model_output():
         with torch.no_grad():
             outputs.append(model.eval()(input_ids).last_hidden_state)
     assert not torch.allclose(*outputs)
+
+
+@pytest.mark.parametrize("mode", ["all", "labelled", "none"])
+@pytest.mark.parametrize("head", [MiniTransformerForMaskedLM, MiniTransformerForCausalLM, MiniTransformerForSeq2SeqLM])
+def test_a_batch_with_no_scored_label_has_a_nan_loss_as_documented(head, mode):
+    # 0 / 0, as transformers' own LM losses give it (README, forward docstrings); never a silent 0.
+    model = head(make_config(logits_with_loss=mode))
+    input_ids = batch()
+    loss = model(input_ids, labels=torch.full_like(input_ids, -100)).loss
+    assert loss.isnan()
