@@ -502,8 +502,10 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
         self._check_attention_mask(attention_mask, inputs_embeds.shape[0], seq_length, past_seen_tokens)
 
         documents = None
-        # A static cache's length is a tensor: under torch.compile a row is one sequence, as in transformers' masks.
-        if packed and attention_mask is None and not torch.compiler.is_compiling() and past_seen_tokens == 0:
+        # Several documents need several tokens and no cache before them. A static cache's length is a tensor on
+        # the device: under torch.compile a row is one sequence, as in transformers' masks.
+        if (packed and attention_mask is None and seq_length > 1 and not torch.compiler.is_compiling()
+                and past_seen_tokens == 0):
             documents = find_packed_sequence_indices(position_ids.expand(inputs_embeds.shape[0], -1))
         attention_mask, encoder_attention_mask = self._attention_masks(
             inputs_embeds, attention_mask, cache, documents, encoder_hidden_states, encoder_attention_mask
