@@ -97,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inference_only", action="store_true",
                         help="Run only the CPU inference section (static cache / compiled decoding, issue 12).")
     parser.add_argument("--skip_inference", action="store_true", help="Skip the CPU inference section.")
+    parser.add_argument("--inference_preset", default="small", choices=list(PRESETS),
+                        help="Model size of the causal LM in the inference section.")
     parser.add_argument("--inference_new_tokens", type=int, default=64,
                         help="New tokens of the causal LM in the inference section (prompt: --prompt_len).")
     parser.add_argument("--seq2seq_source_len", type=int, default=20, help="Source tokens of the encoder-decoder.")
@@ -481,11 +483,11 @@ def inference_section(args: argparse.Namespace):
     """Batch-1 (and --generate_batch_sizes) greedy generation on the CPU, issue 12's targets: the causal LM of the
     small preset against GPT-2, the encoder-decoder at opus-mt-en-de sizes against MarianMTModel; each with the
     default `generate` and with `cache_implementation="static"` (which our models compile on the CPU)."""
-    causal = {"gpt2": build_model("gpt2", "small", args.vocab_size, "all").eval(),
-              "ours": build_model("ours-causal", "small", args.vocab_size, "all").eval()}
+    causal = {"gpt2": build_model("gpt2", args.inference_preset, args.vocab_size, "all").eval(),
+              "ours": build_model("ours-causal", args.inference_preset, args.vocab_size, "all").eval()}
     results = time_inference(causal, args.prompt_len, args.inference_new_tokens, args.vocab_size, args)
-    print_inference_table(f"Inference, causal LM: small preset, vocabulary {args.vocab_size}, prompt "
-                          f"{args.prompt_len}, {args.inference_new_tokens} new tokens, greedy", "gpt2", results,
+    print_inference_table(f"Inference, causal LM: {args.inference_preset} preset, vocabulary {args.vocab_size}, "
+                          f"prompt {args.prompt_len}, {args.inference_new_tokens} new tokens, greedy", "gpt2", results,
                           {"static/gpt2 default": 3.0, "static/gpt2 static": 2.0})
     del causal
     seq2seq = {name: build_seq2seq(name, args.seq2seq_vocab_size, args.seq2seq_layers) for name in ("marian", "ours")}
