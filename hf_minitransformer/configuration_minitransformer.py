@@ -90,6 +90,10 @@ class MiniTransformerConfig(PreTrainedConfig):
     # Rotary settings, used when position_embedding_type="rotary": rope_theta, and a rope_type of ROPE_TYPES with its
     # scaling parameters (transformers' format, e.g. {"rope_type": "linear", "factor": 2.0}).
     rope_parameters: RopeParameters | dict | None = None
+    # BERT's additions, off in the paper's model (scripts/convert.py sets them for BERT checkpoints).
+    type_vocab_size: int = 0  # number of token types (segments) with an embedding added to the input; 0: none
+    embedding_layer_norm: bool = False  # LayerNorm over embeddings + positions (+ token types), before dropout
+    masked_lm_transform: bool = False  # MaskedLM head: LayerNorm(act(Linear(h))) before the vocabulary projection
     # Regularisation and numerics.
     hidden_dropout_prob: float | int = 0.1  # P_drop on embeddings + positions and each sublayer's output (paper §5.4)
     attention_dropout: float | int = 0.0  # dropout on attention probabilities; the paper uses none
@@ -169,6 +173,9 @@ class MiniTransformerConfig(PreTrainedConfig):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"`{name}` must be a probability between 0 and 1, got {value!r}.")
+        type_vocab_size = self.type_vocab_size
+        if isinstance(type_vocab_size, bool) or not isinstance(type_vocab_size, int) or type_vocab_size < 0:
+            raise ValueError(f"`type_vocab_size` must be a non-negative integer, got {self.type_vocab_size!r}.")
         if not self.layer_norm_eps > 0:
             raise ValueError(f"`layer_norm_eps` must be positive, got {self.layer_norm_eps!r}.")
         if not self.initializer_range >= 0:

@@ -17,19 +17,26 @@ The seq2seq task reads (source, target) pairs from the same places: two columns 
 a Hub dataset or of json/jsonl/csv/parquet files, or, with neither, the embedded task: every documented function of
 the same standard-library modules, its code without the docstring -> the docstring's first line (see
 `function_pairs`). Its held-out split is the embedded corpus's: the functions of whole modules never trained on,
-in a fixed shuffled order.
+in a fixed shuffled order. `embedded_task="dates"` picks the other embedded task instead: a date written in one of 19
+human formats -> ISO 8601, validated on years never trained on (see `load_date_pairs`); its encoder-decoder has to read
+the source, and its cross-attention shows which source token each output token copies.
 """
 
 import ast
+import calendar
 import dataclasses
+import datetime
 import itertools
+import platform
+import random
 import re
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
 from datasets import Dataset, DatasetDict, load_dataset
+from datasets.exceptions import DatasetGenerationError
 from datasets.fingerprint import Hasher
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -50,6 +57,7 @@ SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 MASK_TOKEN = "<mask>"
 EMBEDDED_CORPUS = "python-stdlib-source"
 EMBEDDED_TASK = "python-stdlib-docstrings"
+EMBEDDED_SEQ2SEQ_TASKS = ("docstrings", "dates")  # the values of --embedded_task
 
 
 @dataclasses.dataclass
@@ -89,16 +97,24 @@ class DataArgs:
             raise ValueError(f"--max_corpus_bytes must be positive, got {self.max_corpus_bytes}.")
 
     def describe(self) -> dict:
-        """A JSON-serialisable description of the data, for the training summary and the model card."""
+        """A JSON-serialisable description of the data, for the training summary and the model card.
+
+        "source" is portable, as a published card needs it: corpus and file names, never a local absolute path (the
+        paths stay in "args", from which `scripts/show_model.py` rebuilds the validation split on this machine).
+        """
         if self.dataset_name:
-            source = f"dataset {self.dataset_name}" + (f" ({self.dataset_config_name})"
-                                                       if self.dataset_config_name else "")
+            local = Path(self.dataset_name).exists()
+            name = Path(self.dataset_name).name if local else self.dataset_name
+            source = f"{'local dataset folder' if local else 'dataset'} {name}" + (
+                f" ({self.dataset_config_name})" if self.dataset_config_name else "")
         elif self.train_file:
-            source = f"local file {self.train_file}"
+            source = f"local file {Path(self.train_file).name}" + (
+                f" (validation: {Path(self.validation_file).name})" if self.validation_file else "")
         else:
             files = embedded_corpus_files(self.max_corpus_bytes)
-            source = (f"{self.embedded_name}: {len(files)} top-level modules of the Python standard library in "
-                      f"{sysconfig.get_paths()['stdlib']}, {sum(Path(f).stat().st_size for f in files)} bytes")
+            source = (f"{self.embedded_name}: {len(files)} top-level modules of the Python "
+                      f"{platform.python_version()} standard library, "
+                      f"{sum(Path(f).stat().st_size for f in files)} bytes")
         return {"source": source, "args": dataclasses.asdict(self)}
 
 
@@ -122,12 +138,25 @@ class Seq2SeqDataArgs(DataArgs):
 
     source_column: str = "source"
     target_column: str = "target"
+    embedded_task: str = "docstrings"  # used without --dataset_name and --train_file
 
     def check(self):
         super().check()
+        if self.embedded_task not in EMBEDDED_SEQ2SEQ_TASKS:
+            raise ValueError(f"--embedded_task must be one of {', '.join(EMBEDDED_SEQ2SEQ_TASKS)}, got "
+                             f"{self.embedded_task!r}.")
         if self.train_file and FILE_BUILDERS[Path(self.train_file).suffix.lower()] == "text":
             raise ValueError(f"--task seq2seq reads pairs from columns of json/jsonl/csv/parquet files, but "
                              f"{self.train_file!r} is a text file (one column of lines).")
+
+    def describe(self) -> dict:
+        if self.dataset_name or self.train_file or self.embedded_task != "dates":
+            return super().describe()
+        held_out = held_out_date_years()
+        source = (f"{EMBEDDED_DATE_TASK}: {DATE_TRAIN_PAIRS} training dates of {len(DATE_YEARS) - len(held_out)} "
+                  f"years in {len(date_formats())} formats, {DATE_VALIDATION_PAIRS} validation dates of the held-out "
+                  f"years {held_out}")
+        return {"source": source, "args": dataclasses.asdict(self)}
 
 
 def embedded_corpus_files(max_bytes: int) -> list[str]:
@@ -172,7 +201,12 @@ def load_hub_or_files(data: DataArgs) -> tuple[DatasetDict, bool]:
     builder = FILE_BUILDERS[Path(data.train_file).suffix.lower()]
     # keep_linebreaks: lines are concatenated when packing, so they must keep their "\n".
     options = {"keep_linebreaks": True} if builder == "text" else {}
-    return load_dataset(builder, data_files=data_files, **options), builder != "text"
+    try:
+        return load_dataset(builder, data_files=data_files, **options), builder != "text"
+    except DatasetGenerationError as error:  # says only "An error occurred while generating the dataset"
+        cause = error.__cause__ or error
+        files = " or ".join(repr(path) for path in data_files.values())
+        raise ValueError(f"Could not read {files} as {builder} data: {type(cause).__name__}: {cause}") from None
 
 
 def split_embedded_corpus(max_bytes: int, validation_split_percentage: float) -> dict[str, list[str]]:
@@ -210,8 +244,13 @@ def check_columns(raw: DatasetDict, columns: dict[str, str]):
             raise ValueError(f"The {name} split is empty.")
 
 
-def train_bpe_tokenizer(texts: Iterator[str], vocab_size: int, with_mask_token: bool) -> PreTrainedTokenizerFast:
-    """Byte-level BPE (as GPT-2) trained on `texts`: every byte is a token, so no text is ever out of vocabulary."""
+def train_bpe_tokenizer(texts: Iterator[str], vocab_size: int, with_mask_token: bool, split_digits: bool = False
+                        ) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (as GPT-2) trained on `texts`: every byte is a token, so no text is ever out of vocabulary.
+
+    With `split_digits`, every digit is a token of its own (as in Llama's tokenizer): a number the training text never
+    held (a held-out year) is then spelled with the same tokens as those it did.
+    """
     special_tokens = list(SPECIAL_TOKENS.values()) + ([MASK_TOKEN] if with_mask_token else [])
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size < len(alphabet) + len(special_tokens):
@@ -219,6 +258,9 @@ def train_bpe_tokenizer(texts: Iterator[str], vocab_size: int, with_mask_token: 
                          f"{len(special_tokens)} special tokens), got {vocab_size}.")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                           tokenizer.pre_tokenizer])
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -279,6 +321,8 @@ def load_seq2seq_datasets(data: Seq2SeqDataArgs) -> DatasetDict:
     data.check()
     if data.dataset_name or data.train_file:
         raw, _ = load_hub_or_files(data)
+    elif data.embedded_task == "dates":
+        raw = load_date_pairs()
     else:
         raw = load_docstring_pairs(data.max_corpus_bytes, data.validation_split_percentage)
     raw = with_validation_split(raw, data.validation_split_percentage)
@@ -389,6 +433,82 @@ def owns_its_lines(statement: ast.stmt, lines: list[str]) -> bool:
     before = lines[statement.lineno - 1].encode()[: statement.col_offset]
     after = lines[statement.end_lineno - 1].encode()[statement.end_col_offset :].strip()
     return not before.strip() and (not after or after.startswith(b"#"))
+
+
+# --- The embedded date task: dates in many human formats -> ISO 8601 ------------------------------------------------
+
+EMBEDDED_DATE_TASK = "dates-to-iso8601"
+# 100 years, so that two-digit years are unambiguous under strptime's %y pivot (69-99 -> 19xx, 00-68 -> 20xx).
+DATE_YEARS = range(1969, 2069)
+DATE_TRAIN_PAIRS = 20_000
+DATE_VALIDATION_PAIRS = 1_000
+
+
+def date_formats() -> dict[str, Callable[[datetime.date], str]]:
+    """Name -> how a human writes the date; month and weekday names come from `calendar` (English in the C locale).
+
+    No two formats share a shape with the day and month swapped ("03/04/1987" is only ever month first), so every
+    source has exactly one reading.
+    """
+    month, mon = calendar.month_name, calendar.month_abbr
+    day, dy = calendar.day_name, calendar.day_abbr
+
+    def ordinal(n: int) -> str:
+        return f"{n}{'th' if 11 <= n % 100 <= 13 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+    return {
+        "month d, yyyy": lambda d: f"{month[d.month]} {d.day}, {d.year}",
+        "d month yyyy": lambda d: f"{d.day} {month[d.month]} {d.year}",
+        "mon d, yyyy": lambda d: f"{mon[d.month]} {d.day}, {d.year}",
+        "d mon yyyy": lambda d: f"{d.day} {mon[d.month]} {d.year}",
+        "weekday, month d, yyyy": lambda d: f"{day[d.weekday()]}, {month[d.month]} {d.day}, {d.year}",
+        "dy, d mon yyyy (RFC 2822)": lambda d: f"{dy[d.weekday()]}, {d.day:02d} {mon[d.month]} {d.year}",
+        "mm/dd/yyyy": lambda d: f"{d.month:02d}/{d.day:02d}/{d.year}",
+        "m/d/yy": lambda d: f"{d.month}/{d.day}/{d.year % 100:02d}",
+        "dd.mm.yyyy": lambda d: f"{d.day:02d}.{d.month:02d}.{d.year}",
+        "d-mon-yyyy": lambda d: f"{d.day}-{mon[d.month]}-{d.year}",
+        "yyyymmdd": lambda d: f"{d.year}{d.month:02d}{d.day:02d}",
+        "yyyy/mm/dd": lambda d: f"{d.year}/{d.month:02d}/{d.day:02d}",
+        "month dth, yyyy": lambda d: f"{month[d.month]} {ordinal(d.day)}, {d.year}",
+        "the dth of month yyyy": lambda d: f"the {ordinal(d.day)} of {month[d.month]} {d.year}",
+        "D MONTH YYYY": lambda d: f"{d.day} {month[d.month].upper()} {d.year}",
+        "month d yyyy (lower case)": lambda d: f"{month[d.month].lower()} {d.day} {d.year}",
+        "yyyy, month d": lambda d: f"{d.year}, {month[d.month]} {d.day}",
+        "mon. d, 'yy": lambda d: f"{mon[d.month]}. {d.day}, '{d.year % 100:02d}",
+        "weekday d month yyyy": lambda d: f"{day[d.weekday()]} {d.day} {month[d.month]} {d.year}",
+    }
+
+
+def held_out_date_years() -> list[int]:
+    """One year in ten, drawn once with a fixed seed: the validation dates fall only in years never trained on."""
+    return sorted(random.Random(0).sample(list(DATE_YEARS), len(DATE_YEARS) // 10))
+
+
+def date_pairs(years: list[int], num_pairs: int, seed: int) -> list[dict]:
+    """`num_pairs` pairs with distinct sources: a day of `years` drawn uniformly, written in a format drawn uniformly
+    -> the same day in ISO 8601 (yyyy-mm-dd). Deterministic given the arguments."""
+    rng, formats = random.Random(seed), date_formats()
+    names = list(formats)
+    first, last = datetime.date(min(years), 1, 1).toordinal(), datetime.date(max(years), 12, 31).toordinal()
+    wanted = set(years)
+    pairs, seen = [], set()
+    while len(pairs) < num_pairs:
+        day = datetime.date.fromordinal(rng.randint(first, last))
+        name = rng.choice(names)
+        source = formats[name](day)
+        if day.year not in wanted or source in seen:  # "May 5, 1990" is both "mon d, yyyy" and "month d, yyyy"
+            continue
+        seen.add(source)
+        pairs.append({"source": source, "target": day.isoformat(), "format": name})
+    return pairs
+
+
+def load_date_pairs() -> DatasetDict:
+    """The date task's splits: training days from 90 years, validation days from the 10 held-out years."""
+    held_out = held_out_date_years()
+    train_years = [year for year in DATE_YEARS if year not in held_out]
+    return DatasetDict(train=Dataset.from_list(date_pairs(train_years, DATE_TRAIN_PAIRS, seed=1)),
+                       validation=Dataset.from_list(date_pairs(held_out, DATE_VALIDATION_PAIRS, seed=2)))
 
 
 def describe_pairs(raw: DatasetDict) -> dict:

@@ -116,15 +116,34 @@ class MiniTransformerEmbeddings(nn.Module):
             self.register_buffer("position_encoding", table, persistent=False)
         elif config.position_embedding_type == "learned":
             self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        # BERT (Devlin et al., 2019): segment embeddings and a LayerNorm over the sum. None in the paper's model.
+        self.token_type_embeddings = self.layer_norm = None
+        if config.type_vocab_size:
+            self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        if config.embedding_layer_norm:
+            self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.LongTensor) -> torch.Tensor:
-        """`inputs_embeds` are raw token embeddings (batch, seq, hidden); `position_ids` is (batch or 1, seq)."""
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.LongTensor,
+        token_type_ids: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
+        """`inputs_embeds` are raw token embeddings (batch, seq, hidden); `position_ids` is (batch or 1, seq);
+        `token_type_ids` (batch, seq) segment ids, all 0 when not given (with `config.type_vocab_size` only)."""
         hidden_states = inputs_embeds * self.embedding_scale
         if self.config.position_embedding_type == "sinusoidal":
             hidden_states = hidden_states + self.position_encoding[position_ids].to(hidden_states.dtype)
         elif self.config.position_embedding_type == "learned":
             hidden_states = hidden_states + self.position_embeddings(position_ids)
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                hidden_states = hidden_states + self.token_type_embeddings.weight[0]
+            else:
+                hidden_states = hidden_states + self.token_type_embeddings(token_type_ids)
+        if self.layer_norm is not None:
+            hidden_states = self.layer_norm(hidden_states)
         return self.dropout(hidden_states)
 
 
@@ -459,6 +478,7 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
         use_cache: bool | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         r"""
@@ -473,6 +493,7 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
                 the sqrt(d_model) scale and the positions are applied here.
             encoder_hidden_states: (batch, source, hidden) the encoder output that a decoder stack cross-attends to.
             encoder_attention_mask: (batch, source) with 0 for source padding.
+            token_type_ids: (batch, seq) segment ids in [0, type_vocab_size), only with `config.type_vocab_size`.
 
         Returns:
             `BaseModelOutputWithPastAndCrossAttentions` with `last_hidden_state` (batch, seq, hidden) and, for causal
@@ -480,6 +501,9 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        if token_type_ids is not None and not self.config.type_vocab_size:
+            raise ValueError("`token_type_ids` were given, but this model has no token-type embeddings "
+                             "(config.type_vocab_size=0).")
         self._check_encoder_hidden_states(encoder_hidden_states)
         if inputs_embeds is None:
             self._check_token_ids(input_ids)
@@ -511,7 +535,7 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
             inputs_embeds, attention_mask, cache, documents, encoder_hidden_states, encoder_attention_mask
         )
 
-        hidden_states = self.embeddings(inputs_embeds, position_ids)
+        hidden_states = self.embeddings(inputs_embeds, position_ids, token_type_ids)
         position_embeddings = self.rotary_emb(hidden_states, position_ids) if self.rotary_emb is not None else None
         for layer in self.layers:
             hidden_states = layer(
@@ -626,6 +650,19 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
             raise ValueError(f"attention_mask has shape {shape}; expected {expected}.")
 
 
+class MiniTransformerMaskedLMTransform(nn.Module):
+    """BERT's MLM transform, LayerNorm(act(h W + b)), between the encoder and the vocabulary projection."""
+
+    def __init__(self, config: MiniTransformerConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act_fn = ACT2FN[config.hidden_act]
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.layer_norm(self.act_fn(self.dense(hidden_states)))
+
+
 class MiniTransformerForMaskedLM(MiniTransformerPreTrainedModel):
     """Encoder with a tied projection onto the vocabulary, trained to fill in masked tokens."""
 
@@ -634,6 +671,7 @@ class MiniTransformerForMaskedLM(MiniTransformerPreTrainedModel):
     def __init__(self, config: MiniTransformerConfig):
         super().__init__(config)
         self.model = MiniTransformerModel(config)
+        self.transform = MiniTransformerMaskedLMTransform(config) if config.masked_lm_transform else None
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         self.post_init()
 
@@ -645,17 +683,23 @@ class MiniTransformerForMaskedLM(MiniTransformerPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
         r"""
         labels: (batch, seq) target ids at masked positions, -100 elsewhere (ignored by the loss).
+        token_type_ids: (batch, seq) segment ids, for models with `config.type_vocab_size` (BERT's).
         Returns `MaskedLMOutput` with `logits` (batch, seq, vocab); with `labels`, `config.logits_with_loss` can ask
         for (labelled, vocab) logits at the masked positions only, or for none.
         """
         outputs = self.model(
-            input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
+            input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds,
+            token_type_ids=token_type_ids, **kwargs,
         )
-        logits, loss = lm_logits_and_loss(self, outputs.last_hidden_state, labels, **kwargs)
+        hidden_states = outputs.last_hidden_state
+        if self.transform is not None:
+            hidden_states = self.transform(hidden_states)
+        logits, loss = lm_logits_and_loss(self, hidden_states, labels, **kwargs)
         return MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )

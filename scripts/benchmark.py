@@ -121,7 +121,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Internal: measure this model's train-step memory in this fresh process, print JSON.")
     parser.add_argument("--preset", default="small", choices=list(PRESETS),
                         help="Internal, with --measure_memory_of: the preset to measure.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """Bad numbers end in `error: ...` (argparse's usage error) before any model is built."""
+    for name in ("seq_len", "batch_size", "steps", "prompt_len", "new_tokens", "gpu_vocab_size", "gpu_seq_len",
+                 "gpu_batch_size", "gpu_new_tokens", "peak_tflops", "gpu_time_budget"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in ("warmup", "train_script_steps"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be zero or positive, got {getattr(args, name)}")
+    if args.vocab_size < 3:
+        parser.error(f"--vocab_size must be at least 3 (pad, bos and eos are ids 0, 1, 2), got {args.vocab_size}")
+    if args.threads is not None and args.threads <= 0:
+        parser.error(f"--threads must be positive, got {args.threads}")
+    if not 0 < args.mlm_probability < 1:
+        parser.error(f"--mlm_probability must lie in (0, 1), got {args.mlm_probability}")
+    if any(size <= 0 for size in args.generate_batch_sizes):
+        parser.error(f"--generate_batch_sizes must all be positive, got {args.generate_batch_sizes}")
+    for preset in args.presets if not args.skip_cpu else []:
+        limit = PRESETS[preset]["max_position_embeddings"]
+        if max(args.seq_len, args.prompt_len + args.new_tokens) > limit:
+            parser.error(f"--seq_len {args.seq_len} (or --prompt_len + --new_tokens "
+                         f"{args.prompt_len + args.new_tokens}) exceeds the {preset} preset's max_position_embeddings "
+                         f"({limit})")
 
 
 def build_model(name: str, preset: str, vocab_size: int, logits_with_loss: str) -> torch.nn.Module:
@@ -605,10 +632,6 @@ def main():
         inference_section(args)
         return
     if not args.skip_cpu:
-        for preset in args.presets:
-            if args.seq_len > PRESETS[preset]["max_position_embeddings"]:
-                raise ValueError(f"--seq_len {args.seq_len} exceeds the {preset} preset's max_position_embeddings "
-                                 f"({PRESETS[preset]['max_position_embeddings']}).")
         print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}, transformers "
               f"{transformers.__version__}; medians of {args.steps} interleaved rounds after {args.warmup} warm-up")
         for preset in args.presets:

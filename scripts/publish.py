@@ -21,10 +21,12 @@ Steps, each of which stops the publish with a message saying what is wrong:
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -49,6 +51,10 @@ TASKS = {
 }
 # Sequence-level metrics of a seq2seq summary's final_eval, as model-index results: key -> (type, display name).
 SEQUENCE_METRICS = {"bleu": ("bleu", "BLEU"), "chrf": ("chrf", "chrF"), "exact_match": ("exact_match", "Exact match")}
+# Config fields that training_summary.json and config.json must agree on: otherwise the folder mixes two runs.
+IDENTITY_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                   "max_position_embeddings")
+TEXT_SUFFIXES = (".json", ".md", ".py", ".txt", ".jinja", ".yaml")
 
 
 class ValidationError(RuntimeError):
@@ -101,9 +107,14 @@ def check_inputs(args: argparse.Namespace) -> tuple[dict, str | None]:
     summary_path = model_dir / "training_summary.json"
     if not summary_path.is_file():
         raise ValueError(f"{str(model_dir)!r} has no training_summary.json: the card's training section needs it.")
-    summary = json.loads(summary_path.read_text())
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{str(summary_path)!r} is not valid JSON: {error}.") from None
     if summary.get("task") not in TASKS:
         raise ValueError(f"training_summary.json has task {summary.get('task')!r}; publishable: {', '.join(TASKS)}.")
+    check_metrics(summary)
+    check_one_run(model_dir, summary)
     validate_repo_id(args.repo_id)  # HFValidationError, a ValueError, names the bad id
     if "/" not in args.repo_id:
         raise ValueError(f"--repo_id must be 'user-or-org/name', got {args.repo_id!r}.")
@@ -118,6 +129,58 @@ def check_inputs(args: argparse.Namespace) -> tuple[dict, str | None]:
             raise ValueError("No Hugging Face token for the upload: set HF_TOKEN, run `hf auth login`, or pass "
                              "--token (or use --dry_run to stage and validate only).")
     return summary, token
+
+
+def check_metrics(summary: dict):
+    """The card reports every final_eval metric as a number: each must be finite (a NaN loss or an infinite
+    perplexity means the evaluation scored nothing or diverged, and is no result to publish)."""
+    final_eval = summary.get("final_eval") or {}
+    for key in ["loss", "perplexity", *(key for key in SEQUENCE_METRICS if key in final_eval)]:
+        value = final_eval.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"training_summary.json has final_eval {key} = {value!r}; a model card reports finite "
+                             "numbers only. Evaluate the model on data it can score before publishing it.")
+
+
+def check_one_run(model_dir: Path, summary: dict):
+    """The model, tokenizer and summary must come from one run: a folder that mixes two is refused."""
+    config = json.loads((model_dir / "config.json").read_text())
+    recorded = summary.get("config") or {}
+    for field in IDENTITY_FIELDS:
+        if field in recorded and recorded[field] != config.get(field):
+            raise ValueError(f"{str(model_dir)!r} mixes two runs: training_summary.json describes a model with "
+                             f"{field} {recorded[field]} but config.json has {config.get(field)}.")
+    tokens = len(AutoTokenizer.from_pretrained(model_dir))
+    expected = summary.get("data", {}).get("tokenizer_size")
+    if tokens > config.get("vocab_size", tokens) or expected not in (None, tokens):
+        raise ValueError(f"{str(model_dir)!r} mixes two runs: its tokenizer has {tokens} tokens, but the model's "
+                         f"vocab_size is {config.get('vocab_size')}" + (
+                             f" and training used a tokenizer of {expected}." if expected is not None else "."))
+
+
+def local_paths(model_dir: Path, summary: dict) -> list[str]:
+    """Absolute paths of this machine that must not appear in a published file."""
+    paths = {str(model_dir.resolve().parent), str(Path.cwd()), str(Path.home()), str(REPO_ROOT), sys.prefix,
+             sys.base_prefix, sysconfig.get_paths()["stdlib"], tempfile.gettempdir()}
+    data_args = summary.get("data", {}).get("args") or {}
+    for name in ("train_file", "validation_file", "dataset_name"):
+        if data_args.get(name) and Path(data_args[name]).exists():  # a local file or dataset folder
+            paths.add(str(Path(data_args[name]).resolve().parent))
+    return sorted((path for path in paths if len(Path(path).parts) > 2 or path == str(Path.home())),
+                  key=len, reverse=True)
+
+
+def check_no_local_paths(folder: Path, model_dir: Path, summary: dict):
+    """Refuse a staged file that names a local absolute path (a data file, the standard library, the home folder)."""
+    paths = local_paths(model_dir, summary)
+    for file in sorted(folder.rglob("*")):
+        if file.suffix not in TEXT_SUFFIXES or not file.is_file():
+            continue
+        text = file.read_text(errors="replace")
+        for path in paths:
+            if path in text:
+                raise ValueError(f"The staged {file.name} contains the local path {path!r}; published files must "
+                                 "not name this machine's paths.")
 
 
 def stage(args: argparse.Namespace, summary: dict) -> tuple[Path, torch.nn.Module]:
@@ -136,6 +199,7 @@ def stage(args: argparse.Namespace, summary: dict) -> tuple[Path, torch.nn.Modul
         has_plot = plot_losses(Path(args.model_dir) / "train_log.jsonl", partial / LOSS_PLOT)
         card = render_card(args, summary, model, loss_plot=LOSS_PLOT if has_plot else None)
         card.save(partial / "README.md")
+        check_no_local_paths(partial, Path(args.model_dir), summary)
         partial.rename(final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -192,7 +256,12 @@ def plot_losses(log_path: Path, out_path: Path) -> bool:
     evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r and r.get("step") is not None]
     if not train and not evals:
         return False
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("note: matplotlib is not installed, so the card has no loss plot; to add one, install the publish "
+              "extra (pip install 'hf_minitransformer[publish]', or pip install matplotlib) and publish again.")
+        return False
 
     matplotlib.use("Agg")  # no display: render straight to the file
     from matplotlib import pyplot as plt

@@ -54,7 +54,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_examples", type=int, default=5, help="Validation pairs to show (seq2seq only).")
     parser.add_argument("--source_lines", type=int, default=6, help="Lines of each shown source (seq2seq only).")
     parser.add_argument("--num_beams", type=int, default=4, help="Beams of the beam-search targets (seq2seq only).")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("max_new_tokens", "batch_size", "num_examples", "source_lines", "num_beams"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        parser.error(f"--temperature must be zero (greedy) or positive, got {args.temperature}")
+    return args
 
 
 def main(argv: list[str] | None = None):
@@ -69,6 +75,11 @@ def main(argv: list[str] | None = None):
     auto_class = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM if causal else AutoModelForMaskedLM
     model = auto_class.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    recorded_size = summary["data"].get("tokenizer_size")
+    if len(tokenizer) > model.config.vocab_size or recorded_size not in (None, len(tokenizer)):
+        raise ValueError(f"{args.model_dir!r} mixes two runs: its tokenizer has {len(tokenizer)} tokens, the model's "
+                         f"vocab_size is {model.config.vocab_size}, and training used a tokenizer of "
+                         f"{recorded_size or 'unrecorded'} tokens.")
     model.eval()
     print(f"Loaded {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) and "
           f"{type(tokenizer).__name__} ({len(tokenizer)} tokens) from {model_dir}")
@@ -85,9 +96,10 @@ def main(argv: list[str] | None = None):
 
 
 def print_loss(eval_loss: float, summary: dict):
+    recorded = summary["final_eval"]["perplexity"]  # null when the evaluation scored nothing
+    recorded = "undefined" if recorded is None else f"{recorded:.2f}"
     print(f"Eval loss {eval_loss:.4f}, perplexity {math.exp(eval_loss):.2f} (recorded at the end of training: "
-          f"{summary['final_eval']['perplexity']:.2f}; unigram baseline "
-          f"{summary['baselines']['unigram_perplexity']:.2f})")
+          f"{recorded}; unigram baseline {summary['baselines']['unigram_perplexity']:.2f})")
 
 
 def validation_loss(model: torch.nn.Module, tokenizer, summary: dict, batch_size: int, seed: int) -> float:
@@ -110,8 +122,9 @@ def mean_token_loss(model: torch.nn.Module, rows: Dataset, collator, batch_size:
         with torch.no_grad():
             loss = model(**batch).loss.item()
         tokens = (batch["labels"] != -100).sum().item()
-        loss_sum, token_count = loss_sum + loss * tokens, token_count + tokens
-    return loss_sum / token_count
+        if tokens:  # a batch with nothing to score has a NaN mean loss and no weight
+            loss_sum, token_count = loss_sum + loss * tokens, token_count + tokens
+    return loss_sum / token_count if token_count else float("nan")
 
 
 def sample(model: torch.nn.Module, tokenizer, args: argparse.Namespace) -> str:
@@ -159,4 +172,7 @@ def show_seq2seq(model: torch.nn.Module, tokenizer, summary: dict, args: argpars
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as error:  # bad input: a message naming the value, not a traceback
+        raise SystemExit(f"error: {error}") from None

@@ -39,18 +39,26 @@ lines, next to always answering the most frequent training target:
     python scripts/train.py --output_dir outputs/small-clm --resume_from_checkpoint latest
 
 Outputs in --output_dir: model (safetensors) + config + generation config + tokenizer, `training_summary.json`,
-`train_log.jsonl` (every logged metric), tensorboard events when tensorboard is installed, and `checkpoints/`.
+`train_log.jsonl` (every logged metric), tensorboard events when tensorboard is installed, and `checkpoints/`. A folder
+holds one run: one that already holds files is refused unless the run resumes in it or --overwrite_output_dir is
+given, a run in progress holds a lock on it, and model, tokenizer and summary are written together at the end.
 """
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
+import hashlib
 import importlib.util
 import itertools
 import json
 import logging
 import math
 import os
+import re
 import shutil
+import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -62,12 +70,14 @@ import torch
 import transformers
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
-from accelerate.tracking import GeneralTracker
-from accelerate.utils import set_seed
+from accelerate.tracking import GeneralTracker, get_available_trackers
+from accelerate.utils import LoggerType, broadcast_object_list, set_seed
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.errors import StrictDataclassError
+from huggingface_hub.utils import validate_repo_id
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForSeq2SeqLM,
@@ -75,9 +85,11 @@ from transformers import (
     DataCollatorForLanguageModeling,
     DataCollatorForSeq2Seq,
     PreTrainedTokenizerBase,
+    SchedulerType,
     default_data_collator,
     get_scheduler,
 )
+from transformers.trainer_pt_utils import LabelSmoother
 
 import hf_minitransformer  # noqa: F401  (registers MiniTransformer with the Auto classes)
 from hf_minitransformer import (
@@ -87,6 +99,8 @@ from hf_minitransformer import (
     MiniTransformerForSeq2SeqLM,
 )
 from hf_minitransformer.data import (
+    EMBEDDED_SEQ2SEQ_TASKS,
+    SPECIAL_TOKENS,
     DataArgs,
     Seq2SeqDataArgs,
     describe_pairs,
@@ -112,7 +126,23 @@ TASKS = tuple(MODEL_CLASSES)
 MIXED_PRECISION = ("no", "fp16", "bf16")
 CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
+MANIFEST = "manifest.json"  # every file of a checkpoint with its size and sha256, written last
 LOG_FILE = "train_log.jsonl"
+SUMMARY_FILE = "training_summary.json"  # written last: its presence means the run finished
+LOCK_FILE = ".train.lock"  # flock-ed by the run using the folder; the OS releases it when the process dies
+WORK_TOKENIZER = ".train-tokenizer"  # a newly trained tokenizer, shared by the ranks until the final save
+# What a run writes into --output_dir; --overwrite_output_dir removes these (and leaves any other file alone).
+RUN_FILES = ("config.json", "generation_config.json", "model.safetensors", "model-*.safetensors",
+             "model.safetensors.index.json", "*_minitransformer.py", "tokenizer.json", "tokenizer_config.json",
+             "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+             SUMMARY_FILE, LOG_FILE, CHECKPOINTS_DIR, "train", WORK_TOKENIZER)
+# --recipe: the defaults of the optimization flags. "paper" is Vaswani et al. §5.3-5.4: Adam (no weight decay) with
+# beta2 0.98 and eps 1e-9, linear warmup then learning rate ~ 1/sqrt(step), and label smoothing 0.1.
+RECIPES = {
+    "default": {},
+    "paper": {"label_smoothing_factor": 0.1, "adam_beta1": 0.9, "adam_beta2": 0.98, "adam_epsilon": 1e-9,
+              "weight_decay": 0.0, "lr_scheduler_type": "inverse_sqrt"},
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -122,6 +152,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _add_optimization_args(parser.add_argument_group("optimization"))
     _add_output_args(parser.add_argument_group("logging, checkpoints and output"))
     _add_seq2seq_args(parser.add_argument_group("seq2seq data and evaluation (--task seq2seq)"))
+    # A recipe changes the defaults of its flags; a flag given explicitly still wins.
+    recipe = parser.parse_known_args(argv)[0].recipe
+    parser.set_defaults(**RECIPES[recipe])
     return parser.parse_args(argv)
 
 
@@ -159,6 +192,9 @@ def _add_data_args(group: argparse._ArgumentGroup):
                             "data, sources and targets for seq2seq (or reuse the tokenizer of --init_from / of the "
                             "resumed checkpoint).")
     group.add_argument("--vocab_size", type=int, default=4096, help="Vocabulary size of the trained BPE tokenizer.")
+    group.add_argument("--split_digits", action="store_true",
+                       help="The trained BPE tokenizer keeps every digit a token of its own (numbers never seen in "
+                            "training are spelled with known tokens); always on for --embedded_task dates.")
 
 
 def _add_optimization_args(group: argparse._ArgumentGroup):
@@ -179,6 +215,16 @@ def _add_optimization_args(group: argparse._ArgumentGroup):
     group.add_argument("--lr_scheduler_type", default="cosine",
                        help="Any transformers scheduler name (linear, cosine, constant_with_warmup, ...).")
     group.add_argument("--num_warmup_steps", type=int, default=50, help="Linear warmup steps of the scheduler.")
+    group.add_argument("--recipe", choices=tuple(RECIPES), default="default",
+                       help="paper: the training recipe of Vaswani et al. (label smoothing 0.1, Adam betas (0.9, "
+                            "0.98), eps 1e-9, no weight decay, inverse_sqrt schedule after --num_warmup_steps); flags "
+                            "given explicitly override it.")
+    group.add_argument("--label_smoothing_factor", type=float, default=0.0,
+                       help="Label smoothing of the training loss (transformers' LabelSmoother; the paper uses 0.1). "
+                            "The evaluation loss stays plain cross-entropy.")
+    group.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
+    group.add_argument("--adam_beta2", type=float, default=0.95, help="AdamW beta2 (the paper: 0.98).")
+    group.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon (the paper: 1e-9).")
     group.add_argument("--mlm_probability", type=float, default=0.15, help="Fraction of tokens masked (mlm task).")
     group.add_argument("--mixed_precision", choices=MIXED_PRECISION, default=None,
                        help="Override the launcher's mixed precision; bf16 works on CPU, fp16 needs a GPU.")
@@ -187,6 +233,9 @@ def _add_optimization_args(group: argparse._ArgumentGroup):
 
 def _add_output_args(group: argparse._ArgumentGroup):
     group.add_argument("--output_dir", default="outputs/minitransformer", help="Where everything is written.")
+    group.add_argument("--overwrite_output_dir", action="store_true",
+                       help="Replace the files of an earlier run in --output_dir (without it, a folder that holds "
+                            "files is refused unless --resume_from_checkpoint continues the run in it).")
     group.add_argument("--logging_steps", type=int, default=10, help="Log training metrics every N steps.")
     group.add_argument("--eval_steps", type=int, default=None,
                        help="Evaluate every N steps (default: at the end only).")
@@ -203,6 +252,10 @@ def _add_output_args(group: argparse._ArgumentGroup):
 def _add_seq2seq_args(group: argparse._ArgumentGroup):
     group.add_argument("--source_column", default="source", help="The column holding the source (input) text.")
     group.add_argument("--target_column", default="target", help="The column holding the target (output) text.")
+    group.add_argument("--embedded_task", choices=EMBEDDED_SEQ2SEQ_TASKS, default="docstrings",
+                       help="The pairs used without --dataset_name or --train_file: docstrings (a standard-library "
+                            "function's code -> its docstring's first line) or dates (a date in one of 19 human "
+                            "formats -> ISO 8601, validated on years never trained on).")
     group.add_argument("--max_source_length", type=int, default=256, help="Source tokens kept (truncated after).")
     group.add_argument("--max_target_length", type=int, default=32,
                        help="Target tokens kept, the closing end-of-sequence token included.")
@@ -269,6 +322,13 @@ def main(argv: list[str] | None = None) -> torch.nn.Module:
     args = parse_args(argv)
     base_config, resume_path = check_args(args)
     accelerator = build_accelerator(args)
+    with claim_output_dir(accelerator, args, resume_path):
+        return train(args, accelerator, base_config, resume_path, start)
+
+
+def train(args: argparse.Namespace, accelerator: Accelerator, base_config: MiniTransformerConfig,
+          resume_path: Path | None, start: float) -> torch.nn.Module:
+    """Prepare the data, train, save the model, evaluate it, and write the summary last."""
     data = prepare_data(args, accelerator, base_config, resume_path)
 
     set_seed(args.seed)  # before the model is built, so the seed also fixes the initial weights
@@ -294,20 +354,24 @@ def main(argv: list[str] | None = None) -> torch.nn.Module:
     loop = TrainLoop(accelerator, args, model, optimizer, scheduler, train_dataloader, evaluator, data.tokenizer,
                      total_steps)
     stopped_early = loop.run(state, num_epochs)
+    # The model is saved before the evaluation, so that an evaluation error never loses it.
+    save_model(accelerator, model, data.tokenizer, args)
     metrics = evaluator(accelerator, model)
     accelerator.log({f"eval_{k}": v for k, v in metrics.items()}, step=state.step)
-    save_model(accelerator, model, data.tokenizer, args)
     if accelerator.is_main_process:
         summary = build_summary(args, accelerator, data, evaluator, state, metrics, count_parameters(model),
                                 time.time() - start)
         summary["planned_optimizer_steps"], summary["stopped_early"] = total_steps, stopped_early
-        (Path(args.output_dir) / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_summary(Path(args.output_dir), summary)
         baselines = summary["baselines"]
         most_frequent = baselines.get("most_frequent_target")
         logger.info(f"Final eval {format_metrics(metrics)} (unigram baseline perplexity "
                     f"{baselines['unigram_perplexity']:.2f}"
                     + (f"; most frequent target {format_metrics(most_frequent)}" if most_frequent else "")
                     + f"); saved to {args.output_dir}")
+    # Every rank's collectives (the DDP reducer's included) complete before any process group is torn down: a rank
+    # that destroys its gloo group while work is pending can hang at exit.
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return accelerator.unwrap_model(model)
 
@@ -324,9 +388,19 @@ def check_args(args: argparse.Namespace) -> tuple[MiniTransformerConfig, Path | 
                  "generation_max_new_tokens"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise ValueError(f"--{name} must be positive when given, got {getattr(args, name)}.")
+    check_recipe_args(args)
     if args.max_target_length < 2:
         raise ValueError(f"--max_target_length must be at least 2 (a token and the end-of-sequence token), got "
                          f"{args.max_target_length}.")
+    check_optimization_args(args)
+    tracker_names(args.report_to)  # refuses unknown or uninstalled trackers
+    if args.tokenizer_name is None and args.init_from is None and not args.resume_from_checkpoint:
+        minimum = 256 + len(SPECIAL_TOKENS) + (args.task == "mlm")  # byte alphabet + special tokens (+ mask)
+        if args.vocab_size < minimum:
+            raise ValueError(f"--vocab_size must be at least {minimum} (256 byte tokens plus the special tokens), "
+                             f"got {args.vocab_size}.")
+    if args.tokenizer_name is not None:
+        check_tokenizer_name(args.tokenizer_name)
     config = load_base_config(args)
     if config.position_embedding_type != "rotary":  # rotary positions have no table, so no length limit
         for flag, length in sequence_lengths(args).items():
@@ -336,7 +410,61 @@ def check_args(args: argparse.Namespace) -> tuple[MiniTransformerConfig, Path | 
     resume_path = None
     if args.resume_from_checkpoint:
         resume_path = find_checkpoint(args.resume_from_checkpoint, args.output_dir)
+        if args.overwrite_output_dir and resuming_in_output_dir(resume_path, args.output_dir):
+            raise ValueError(f"--overwrite_output_dir would delete {str(resume_path)!r}, the checkpoint "
+                             "--resume_from_checkpoint resumes from; pass one of the two.")
     return config, resume_path
+
+
+def check_optimization_args(args: argparse.Namespace):
+    """Numbers the optimizer, scheduler and collator would otherwise take silently or reject only after the data."""
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise ValueError(f"--learning_rate must be a positive number, got {args.learning_rate}.")
+    for name in ("weight_decay", "max_grad_norm", "num_warmup_steps"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"--{name} must be zero or positive, got {value}.")
+    schedulers = [scheduler.value for scheduler in SchedulerType]
+    if args.lr_scheduler_type not in schedulers:
+        raise ValueError(f"--lr_scheduler_type {args.lr_scheduler_type!r} is not a transformers scheduler; choose "
+                         f"one of {', '.join(schedulers)}.")
+    if not 0 < args.mlm_probability < 1:
+        raise ValueError(f"--mlm_probability must lie in (0, 1), got {args.mlm_probability}.")
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must lie in [0, 2**32), got {args.seed}.")
+    if args.preprocessing_num_workers is not None and args.preprocessing_num_workers <= 0:
+        raise ValueError(f"--preprocessing_num_workers must be positive when given, got "
+                         f"{args.preprocessing_num_workers}.")
+
+
+def check_tokenizer_name(name: str):
+    """A local tokenizer folder must hold a tokenizer; anything else must at least be a valid Hub repo id."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir() or not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+            raise ValueError(f"--tokenizer_name {name!r} is not a tokenizer folder (no tokenizer.json or "
+                             "tokenizer_config.json in it).")
+        return
+    try:
+        validate_repo_id(name)
+    except ValueError:
+        raise ValueError(f"--tokenizer_name {name!r}: no such folder (and not a Hub repo id either).") from None
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    if offline and not isinstance(try_to_load_from_cache(name, "tokenizer_config.json"), str):
+        raise ValueError(f"--tokenizer_name {name!r}: no such folder, and the Hub is offline (HF_HUB_OFFLINE) with "
+                         "no cached copy of that repo.")
+
+
+def resuming_in_output_dir(resume_path: Path | None, output_dir: str) -> bool:
+    return resume_path is not None and resume_path.resolve().parent == (Path(output_dir) / CHECKPOINTS_DIR).resolve()
+def check_recipe_args(args: argparse.Namespace):
+    if not 0 <= args.label_smoothing_factor < 1:
+        raise ValueError(f"--label_smoothing_factor must lie in [0, 1), got {args.label_smoothing_factor}.")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(args, name) < 1:
+            raise ValueError(f"--{name} must lie in [0, 1), got {getattr(args, name)}.")
+    if args.adam_epsilon <= 0:
+        raise ValueError(f"--adam_epsilon must be positive, got {args.adam_epsilon}.")
 
 
 def sequence_lengths(args: argparse.Namespace) -> dict[str, int]:
@@ -366,37 +494,141 @@ def count_steps(args: argparse.Namespace, batches_per_epoch: int) -> tuple[int, 
 
 
 def load_base_config(args: argparse.Namespace) -> MiniTransformerConfig:
-    """The config from --init_from, a config.json path, or a preset name, with --config_overrides applied."""
+    """The config from --init_from, a config.json path, or a preset name, with --config_overrides applied.
+
+    The result is built by MiniTransformerConfig's constructor, so its checks run on every field before any work.
+    """
     if args.init_from:
         if not (Path(args.init_from) / "config.json").is_file():
             raise ValueError(f"--init_from {args.init_from!r} is not a saved model folder (no config.json).")
-        config = AutoConfig.from_pretrained(args.init_from)
+        fields = read_config_json(Path(args.init_from) / "config.json", "--init_from")
+        origin = f"--init_from {args.init_from!r}"
     elif Path(args.model_config).is_file():
-        config = MiniTransformerConfig.from_json_file(args.model_config)
+        fields = read_config_json(Path(args.model_config), "--model_config")
+        origin = f"--model_config {args.model_config!r}"
     elif args.model_config.endswith(".json"):
         raise ValueError(f"--model_config {args.model_config!r} does not exist.")
     else:
-        config = config_from_preset(args.model_config)  # raises ValueError naming the presets
+        config_from_preset(args.model_config)  # raises ValueError naming the presets
+        fields = dict(PRESETS[args.model_config])  # the preset's own fields: derived ones follow the overrides
+        origin = f"--model_config {args.model_config!r}"
     if args.config_overrides:
-        config.update_from_string(args.config_overrides)
-    config.is_decoder = args.task == "clm"
-    return config
+        fields.update(parse_config_overrides(args.config_overrides))
+        origin += f" with --config_overrides {args.config_overrides!r}"
+    fields["is_decoder"] = args.task == "clm"
+    try:
+        return MiniTransformerConfig.from_dict(fields)
+    except (ValueError, StrictDataclassError) as error:
+        raise ValueError(f"The model config of {origin} is invalid: {error}") from None
+
+
+def read_config_json(path: Path, flag: str) -> dict:
+    """The fields of a MiniTransformer config.json; a file of another model type, or not JSON, is refused."""
+    try:
+        fields = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{flag} {str(path)!r} is not a valid JSON file: {error}.") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"{flag} {str(path)!r} holds a JSON {type(fields).__name__}, not a config object.")
+    model_type = fields.get("model_type", MiniTransformerConfig.model_type)
+    if model_type != MiniTransformerConfig.model_type:
+        raise ValueError(f"{flag} {str(path)!r} is the config of a {model_type!r} model, not "
+                         f"{MiniTransformerConfig.model_type!r}.")
+    return fields
+
+
+def parse_config_overrides(text: str) -> dict:
+    """'k=v,k=v' -> {k: v}: every key a MiniTransformerConfig field, values read as JSON (numbers, true, null) or
+    else as strings."""
+    known = set(MiniTransformerConfig().to_dict())
+    overrides = {}
+    for item in text.split(","):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key:
+            raise ValueError(f"--config_overrides: {item.strip()!r} is not key=value (e.g. 'num_hidden_layers=2').")
+        if key not in known:
+            raise ValueError(f"--config_overrides: unknown config field {key!r}; known fields: "
+                             f"{', '.join(sorted(known))}.")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = {"True": True, "False": False, "None": None}.get(value, value)
+    return overrides
 
 
 def find_checkpoint(value: str, output_dir: str) -> Path:
-    """Resolve --resume_from_checkpoint: 'latest' is the highest-numbered checkpoint-N under output_dir."""
+    """Resolve --resume_from_checkpoint to a verified checkpoint folder.
+
+    'latest' is the highest-numbered complete checkpoint-N under output_dir: newer ones that fail verification are
+    skipped, with a warning that names them and what is wrong. An explicit folder must pass verification.
+    """
     if value == "latest":
         root = Path(output_dir) / CHECKPOINTS_DIR
-        found = sorted(root.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1])) if root.is_dir() else []
-        found = [path for path in found if (path / TRAINER_STATE).is_file()]
-        if not found:
-            raise ValueError(f"--resume_from_checkpoint latest: there is no checkpoint in {root}.")
-        return found[-1]
+        numbered = [(int(match[1]), path) for path in (root.iterdir() if root.is_dir() else [])
+                    if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and path.is_dir()]
+        skipped = []
+        for _, path in sorted(numbered, reverse=True):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                if skipped:
+                    warn(f"--resume_from_checkpoint latest: skipped {'; '.join(skipped)}. Resuming from {path} "
+                         "instead.")
+                return path
+            skipped.append(f"{path} ({problem})")
+        if skipped:
+            raise ValueError(f"--resume_from_checkpoint latest: no checkpoint in {root} can be resumed: "
+                             f"{'; '.join(skipped)}.")
+        raise ValueError(f"--resume_from_checkpoint latest: there is no checkpoint in {root}.")
     path = Path(value)
-    if not (path / TRAINER_STATE).is_file():
-        raise ValueError(f"--resume_from_checkpoint {value!r} is not a checkpoint folder (no {TRAINER_STATE}); "
-                         f"pass a {CHECKPOINTS_DIR}/checkpoint-N folder or 'latest'.")
+    if not ((path / MANIFEST).is_file() or (path / TRAINER_STATE).is_file()):
+        raise ValueError(f"--resume_from_checkpoint {value!r} is not a checkpoint folder (no {MANIFEST} or "
+                         f"{TRAINER_STATE}); pass a {CHECKPOINTS_DIR}/checkpoint-N folder or 'latest'.")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ValueError(f"--resume_from_checkpoint {value!r} cannot be resumed: {problem}.")
     return path
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """What is wrong with a checkpoint folder, checked against its manifest; None when every file is intact."""
+    try:
+        files = json.loads((path / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return f"it has no {MANIFEST}, which is written last: it was not saved completely"
+    except (ValueError, KeyError, TypeError) as error:
+        return f"its {MANIFEST} is unreadable ({error!r})"
+    if TRAINER_STATE not in files:
+        return f"its {MANIFEST} does not list {TRAINER_STATE}"
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        size = file.stat().st_size
+        if size != expected["bytes"]:
+            return f"{name} has {size} bytes where {expected['bytes']} were saved (truncated or overwritten)"
+        if file_sha256(file) != expected["sha256"]:
+            return f"{name} does not match the checksum it was saved with (corrupted)"
+    return None
+
+
+def write_manifest(folder: Path):
+    """List every file of `folder` with its size and sha256, into a temporary file renamed into place."""
+    files = {str(path.relative_to(folder)): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST}
+    partial = folder / f"{MANIFEST}.partial"
+    partial.write_text(json.dumps({"files": files}, indent=1))
+    os.replace(partial, folder / MANIFEST)
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def warn(message: str):
+    """A warning on stderr, once per run (from the first process): the loggers are not set up yet."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def build_accelerator(args: argparse.Namespace) -> Accelerator:
@@ -431,9 +663,70 @@ def build_accelerator(args: argparse.Namespace) -> Accelerator:
 
 
 def tracker_names(report_to: str) -> list[str]:
+    """The accelerate trackers of --report_to; an unknown name, or one whose package is missing, is refused."""
     if report_to == "auto":
         return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
-    return [] if report_to == "none" else [name.strip() for name in report_to.split(",") if name.strip()]
+    names = [] if report_to == "none" else [name.strip() for name in report_to.split(",") if name.strip()]
+    known = [tracker.value for tracker in LoggerType]
+    installed = [str(getattr(tracker, "value", tracker)) for tracker in get_available_trackers()]
+    for name in names:
+        if name not in known:
+            raise ValueError(f"--report_to {name!r} is not an accelerate tracker; choose from 'auto', 'none', "
+                             f"{', '.join(map(repr, known))}.")
+        if name != "all" and name not in installed:
+            raise ValueError(f"--report_to {name}: the {name} package is not installed (pip install {name}); "
+                             f"installed trackers: {', '.join(installed) or 'none'}.")
+    return names
+
+
+@contextlib.contextmanager
+def claim_output_dir(accelerator: Accelerator, args: argparse.Namespace, resume_path: Path | None):
+    """Hold --output_dir for this run: one lock per run (taken by the main process, its verdict shared with every
+    rank), and a folder that holds an earlier run's files only when resuming it or told to overwrite it."""
+    lock, problem = None, None
+    if accelerator.is_main_process:
+        lock, problem = lock_and_check_output_dir(args, resume_path)
+    problem = broadcast_object_list([problem])[0]
+    try:
+        if problem is not None:
+            raise ValueError(problem)
+        yield
+    finally:
+        if lock is not None:
+            lock.close()  # releases the flock; a killed process has it released by the OS
+
+
+def lock_and_check_output_dir(args: argparse.Namespace, resume_path: Path | None):
+    """(the locked file, None), or (None, why this run may not use the folder)."""
+    output_dir = Path(args.output_dir)
+    lock = (output_dir / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "a process"
+        lock.close()
+        return None, (f"--output_dir {args.output_dir!r} is in use by another training run ({holder}); wait for "
+                      "it to end, or pick another --output_dir.")
+    entries = sorted(path.name for path in output_dir.iterdir() if path.name != LOCK_FILE)
+    if entries and not resuming_in_output_dir(resume_path, args.output_dir):
+        if not args.overwrite_output_dir:
+            lock.close()
+            shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
+            return None, (f"--output_dir {args.output_dir!r} already holds files ({shown}). Pass "
+                          "--overwrite_output_dir to replace that run, --resume_from_checkpoint latest to continue "
+                          "it, or another --output_dir.")
+        removed = sorted({path.name for pattern in RUN_FILES for path in output_dir.glob(pattern)})
+        for name in removed:
+            path = output_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        logger.warning(f"--overwrite_output_dir: removed the earlier run's {', '.join(removed) or 'nothing'} from "
+                       f"{args.output_dir}.")
+    lock.seek(0)
+    lock.truncate()  # who holds the folder, for the message of a run refused meanwhile
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    lock.flush()
+    return lock, None
 
 
 def prepare_data(args: argparse.Namespace, accelerator: Accelerator, base_config: MiniTransformerConfig,
@@ -452,6 +745,7 @@ def prepare_data(args: argparse.Namespace, accelerator: Accelerator, base_config
         tokenizer = load_or_train_tokenizer(args, accelerator, texts, resume_path)
         config = fit_config_to_tokenizer(args, base_config, tokenizer)
         processed, details = tokenize(args, raw, tokenizer, documents)
+        details["tokenizer_size"] = len(tokenizer)  # lets show_model.py and publish.py spot a mixed folder
     logger.info(f"Data: {json.dumps(details)}")
     return PreparedData(data_args, processed, tokenizer, config, details)
 
@@ -481,17 +775,23 @@ def load_or_train_tokenizer(args: argparse.Namespace, accelerator: Accelerator, 
                             resume_path: Path | None) -> PreTrainedTokenizerBase:
     """--tokenizer_name, else the tokenizer of the resumed checkpoint or of --init_from, else a new byte-level BPE.
 
-    A new tokenizer is trained once, by the main process, and saved to --output_dir; every process then loads the
-    saved files, so all ranks (and the `datasets` cache fingerprints) see the same tokenizer.
+    A new tokenizer is trained once, by the main process, and saved to a working folder in --output_dir; every
+    process then loads the saved files, so all ranks (and the `datasets` cache fingerprints) see the same tokenizer.
+    It joins the model in --output_dir only at the final save, so a run that fails never leaves a tokenizer beside
+    another run's model.
     """
     source = args.tokenizer_name
     for candidate in (resume_path, args.init_from):
         if source is None and candidate is not None and (Path(candidate) / "tokenizer_config.json").is_file():
             source = str(candidate)
     if source is None:
-        source = args.output_dir
+        source = str(Path(args.output_dir) / WORK_TOKENIZER)
         if accelerator.is_main_process:
-            tokenizer = train_bpe_tokenizer(texts, args.vocab_size, with_mask_token=args.task == "mlm")
+            # The dates task validates on years never trained on: their digits must be tokens it knows.
+            dates = args.task == "seq2seq" and args.embedded_task == "dates" and not (args.dataset_name or
+                                                                                      args.train_file)
+            tokenizer = train_bpe_tokenizer(texts, args.vocab_size, with_mask_token=args.task == "mlm",
+                                            split_digits=args.split_digits or dates)
             tokenizer.save_pretrained(source)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if args.task == "mlm" and tokenizer.mask_token is None:
@@ -563,7 +863,8 @@ def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.o
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.95))
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                             eps=args.adam_epsilon)
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -596,6 +897,7 @@ class TrainLoop:
         self.optimizer, self.scheduler = optimizer, scheduler
         self.train_dataloader, self.evaluator = train_dataloader, evaluator
         self.tokenizer, self.total_steps = tokenizer, total_steps
+        self.label_smoother = LabelSmoother(args.label_smoothing_factor) if args.label_smoothing_factor else None
 
     def run(self, state: TrainState, num_epochs: int) -> bool:
         """Train until `total_steps` (or `num_epochs`); returns True if --max_train_seconds stopped it earlier."""
@@ -647,7 +949,13 @@ class TrainLoop:
         """One micro-batch; returns (grad norm if the optimizer stepped, detached loss)."""
         grad_norm = None
         with self.accelerator.accumulate(self.model):
-            loss = self.model(**batch).loss
+            if self.label_smoother is None:
+                loss = self.model(**batch).loss
+            else:
+                # As transformers' Trainer does: the model gives logits only, the smoother scores them (the causal
+                # LM's labels are the inputs, shifted here). Seq2seq batches carry their decoder inputs already.
+                outputs = self.model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False)
+                loss = self.label_smoother(outputs, batch["labels"], shift_labels=self.args.task == "clm")
             self.accelerator.backward(loss)
             if self.accelerator.sync_gradients and self.args.max_grad_norm > 0:
                 grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
@@ -728,8 +1036,14 @@ def evaluate_loss(accelerator: Accelerator, model: torch.nn.Module, eval_dataloa
         # their proportions.) Weights go per sample, so that gather_for_metrics can drop the samples repeated to
         # even out the last batch across processes.
         tokens = (batch["labels"] != -100).sum(dim=-1).float()
-        totals.append(accelerator.gather_for_metrics(torch.stack([loss * tokens, tokens], dim=-1)))
+        # A batch with nothing to score has an undefined (NaN) mean loss; it adds nothing to the totals.
+        weighted = torch.where(tokens > 0, loss * tokens, torch.zeros_like(tokens))
+        totals.append(accelerator.gather_for_metrics(torch.stack([weighted, tokens], dim=-1)))
     loss_sum, token_count = torch.cat(totals).sum(dim=0).tolist()
+    if token_count == 0:
+        logger.warning("The evaluation scored no token (every label is -100, e.g. a tiny --mlm_probability): its "
+                       "loss and perplexity are undefined.")
+        return {"loss": float("nan"), "perplexity": float("nan")}
     eval_loss = loss_sum / token_count
     return {"loss": eval_loss, "perplexity": math.exp(eval_loss) if eval_loss < 100 else float("inf")}
 
@@ -773,7 +1087,8 @@ def format_metrics(metrics: dict) -> str:
 
 def save_checkpoint(accelerator: Accelerator, args: argparse.Namespace, state: TrainState,
                     tokenizer: PreTrainedTokenizerBase):
-    """`save_state` into a temporary folder renamed when complete: a checkpoint-N folder is never half-written."""
+    """`save_state` into a temporary folder renamed when complete: a checkpoint-N folder is never half-written, and
+    its manifest (sizes and sha256 of every file) lets a resume detect a file damaged since."""
     root = Path(args.output_dir) / CHECKPOINTS_DIR
     final, partial = root / f"checkpoint-{state.step}", root / f"tmp-checkpoint-{state.step}"
     if accelerator.is_main_process and partial.exists():
@@ -785,6 +1100,7 @@ def save_checkpoint(accelerator: Accelerator, args: argparse.Namespace, state: T
         (partial / TRAINER_STATE).write_text(json.dumps(dataclasses.asdict(state), indent=2))
     accelerator.wait_for_everyone()  # save_state has no barrier of its own: all ranks must have written
     if accelerator.is_main_process:
+        write_manifest(partial)  # last: resuming verifies every file against it
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
@@ -805,7 +1121,12 @@ def load_checkpoint(accelerator: Accelerator, path: Path, batches_per_epoch: int
 
 def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
                args: argparse.Namespace):
-    """Safetensors weights, config (with auto_map and code), generation config and tokenizer."""
+    """Safetensors weights, config (with auto_map and code), generation config and tokenizer.
+
+    An earlier summary goes first: the summary, written last, vouches that the folder's files are from one run.
+    """
+    if accelerator.is_main_process:
+        (Path(args.output_dir) / SUMMARY_FILE).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     # Under FSDP this gathers the full state dict; every rank takes part.
     state_dict = accelerator.get_state_dict(model)
@@ -823,7 +1144,26 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: PreT
                               save_function=accelerator.save, state_dict=state_dict)
     if accelerator.is_main_process:
         tokenizer.save_pretrained(args.output_dir)
+        shutil.rmtree(Path(args.output_dir) / WORK_TOKENIZER, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def write_summary(output_dir: Path, summary: dict):
+    """Strict JSON (a metric that is not a finite number, such as an evaluation with nothing to score, is null),
+    written to a temporary file renamed into place."""
+    partial = output_dir / f"{SUMMARY_FILE}.partial"
+    partial.write_text(json.dumps(finite_or_none(summary), indent=2, allow_nan=False) + "\n")
+    os.replace(partial, output_dir / SUMMARY_FILE)
+
+
+def finite_or_none(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(item) for item in value]
+    return value
 
 
 def unigram_perplexity(processed: datasets.DatasetDict, column: str, vocab_size: int) -> float:
@@ -880,4 +1220,7 @@ def build_summary(args: argparse.Namespace, accelerator: Accelerator, data: Prep
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as error:  # bad input: a message naming the value, not a traceback
+        raise SystemExit(f"error: {error}") from None

@@ -7,6 +7,7 @@
 publishing process computed. Exits non-zero with the reason on the first failure; prints one line per check passed.
 """
 
+import argparse
 import sys
 
 
@@ -24,11 +25,12 @@ from safetensors.torch import load_file  # noqa: E402
 
 PIPELINES = {"clm": "text-generation", "mlm": "fill-mask", "seq2seq": "text2text-generation"}
 MAIN_AUTO_CLASS = {"clm": "AutoModelForCausalLM", "mlm": "AutoModelForMaskedLM", "seq2seq": "AutoModelForSeq2SeqLM"}
-# The Auto classes the folder must serve: one stack's heads share the body, an encoder-decoder serves its own head.
+# The Auto classes the folder must serve: one stack's heads share the body; an encoder-decoder serves its head and
+# its bare encoder-decoder (MiniTransformerSeq2SeqModel).
 REQUIRED_AUTO_CLASSES = {
     "clm": {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM"},
     "mlm": {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM"},
-    "seq2seq": {"AutoConfig", "AutoModelForSeq2SeqLM"},
+    "seq2seq": {"AutoConfig", "AutoModel", "AutoModelForSeq2SeqLM"},
 }
 REQUIRED_METADATA = ("license", "library_name", "pipeline_tag", "model-index")
 
@@ -108,8 +110,22 @@ def check_card(folder: Path):
     print(f"ok  model card metadata: pipeline_tag={metadata['pipeline_tag']!r}, license={metadata['license']!r}")
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("staged_dir", type=Path, help="The staged repository folder (scripts/publish.py writes it).")
+    parser.add_argument("expected", type=Path, help="A torch file with the model `inputs` and the expected `logits`.")
+    parser.add_argument("task", choices=sorted(PIPELINES), help="The training task of the model.")
+    args = parser.parse_args(argv)
+    if not (args.staged_dir / "config.json").is_file():
+        parser.error(f"{str(args.staged_dir)!r} is not a staged model folder (no config.json)")
+    if not args.expected.is_file():
+        parser.error(f"{str(args.expected)!r} does not exist")
+    return args
+
+
 def main():
-    folder, expected_path, task = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    args = parse_args()
+    folder, expected_path, task = args.staged_dir, args.expected, args.task
     try:
         import hf_minitransformer  # noqa: F401
     except ImportError:

@@ -1,15 +1,18 @@
 """scripts/publish.py: staging, validation through remote code without the package, the upload calls, bad input."""
 
 import json
+import platform
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
 from huggingface_hub import CommitInfo, ModelCard
+from transformers import AutoTokenizer
 
 from hf_minitransformer import MiniTransformerForCausalLM, MiniTransformerForMaskedLM, MiniTransformerForSeq2SeqLM
-from hf_minitransformer.data import train_bpe_tokenizer
+from hf_minitransformer.data import DataArgs, train_bpe_tokenizer
 
 from .conftest import load_script, make_config
 
@@ -109,7 +112,7 @@ def test_dry_run_of_a_seq2seq_model_validates_its_head_and_pipeline(tmp_path, ca
     names = {p.name for p in staged.iterdir()}
     assert {"modeling_minitransformer.py", "loss_minitransformer.py", "pipelines_minitransformer.py"} <= names
     config = json.loads((staged / "config.json").read_text())
-    assert set(config["auto_map"]) == {"AutoConfig", "AutoModelForSeq2SeqLM"}
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForSeq2SeqLM"}  # + the bare model
     assert set(config["custom_pipelines"]) == {"text2text-generation", "translation"}
     assert "ok  AutoModelForSeq2SeqLM logits equal the publishing process's" in out
     assert "ok  pipeline('text2text-generation') from the folder's pipelines_minitransformer.py" in out
@@ -196,3 +199,82 @@ def test_command_line_reports_bad_input_without_a_traceback(tmp_path):
                              "me/mini", "--dry_run"], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error:") and "Traceback" not in result.stderr
+
+
+def stage_only(argv: list[str]) -> Path:
+    """publish.py's checks and staging, without the validation subprocess (what these tests look at is staged)."""
+    args = publish.parse_args(argv)
+    summary, _ = publish.check_inputs(args)
+    return publish.stage(args, summary)[0]
+
+
+def edit_summary(folder: Path, **changes):
+    summary = json.loads((folder / "training_summary.json").read_text())
+    for key, value in changes.items():
+        target = summary
+        *parents, last = key.split("__")
+        for parent in parents:
+            target = target[parent]
+        target[last] = value
+    (folder / "training_summary.json").write_text(json.dumps(summary))
+
+
+def test_without_matplotlib_the_card_has_no_plot_and_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    staged = stage_only([str(training_output(tmp_path / "run")), "--repo_id", "me/mini", "--dry_run"])
+    assert not (staged / "loss_curves.png").exists()
+    assert "loss_curves.png" not in (staged / "README.md").read_text()
+    assert ("note: matplotlib is not installed, so the card has no loss plot; to add one, install the publish extra "
+            "(pip install 'hf_minitransformer[publish]', or pip install matplotlib) and publish again."
+            ) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("metric", "value", "shown"), [
+    ("perplexity", float("inf"), "inf"), ("loss", float("nan"), "nan"), ("perplexity", None, "None"),
+])
+def test_a_metric_that_is_not_a_finite_number_is_refused(tmp_path, metric, value, shown):
+    source = training_output(tmp_path / "run")
+    edit_summary(source, **{f"final_eval__{metric}": value})  # json writes NaN / Infinity, as older summaries held
+    with pytest.raises(ValueError, match=rf"training_summary.json has final_eval {metric} = {shown}; a model card "
+                                         "reports finite numbers only"):
+        publish.main([str(source), "--repo_id", "me/mini", "--dry_run"])
+    assert not (tmp_path / "run-hub").exists()
+
+
+def test_a_folder_that_mixes_two_runs_is_refused(tmp_path):
+    source = training_output(tmp_path / "run")
+    tokens = len(AutoTokenizer.from_pretrained(source))
+    edit_summary(source, data__tokenizer_size=4096)  # trained with another tokenizer than the one in the folder
+    with pytest.raises(ValueError, match=rf"mixes two runs: its tokenizer has {tokens} tokens, but the model's "
+                                         rf"vocab_size is {tokens} and training used a tokenizer of 4096"):
+        publish.main([str(source), "--repo_id", "me/mini", "--dry_run"])
+    edit_summary(source, data__tokenizer_size=tokens, config={"hidden_size": 64})
+    with pytest.raises(ValueError, match="mixes two runs: training_summary.json describes a model with hidden_size 64 "
+                                         "but config.json has 32"):
+        publish.main([str(source), "--repo_id", "me/mini", "--dry_run"])
+
+
+@pytest.mark.parametrize("data", ["embedded", "train_file"])
+def test_staged_files_name_no_path_of_the_build_machine(tmp_path, data):
+    source = training_output(tmp_path / "run")
+    (tmp_path / "train.txt").write_text("".join(TEXTS))
+    data_args = DataArgs(max_corpus_bytes=60000) if data == "embedded" else DataArgs(
+        train_file=str(tmp_path / "train.txt"))
+    edit_summary(source, data={**data_args.describe(), "train_blocks": 3, "validation_blocks": 1, "block_size": 32})
+    staged = stage_only([str(source), "--repo_id", "me/mini", "--dry_run"])
+    machine_paths = [str(tmp_path), sysconfig.get_paths()["stdlib"], sys.prefix, str(Path.home()), str(ROOT)]
+    for file in staged.rglob("*"):
+        if file.suffix in (".json", ".md", ".py"):
+            text = file.read_text()
+            assert not [path for path in machine_paths if path in text], file.name
+    card = ModelCard.load(staged / "README.md")
+    expected = f"Python {platform.python_version()} standard library" if data == "embedded" else "local file train.txt"
+    assert expected in card.data.eval_results[0].dataset_name
+
+
+def test_a_staged_file_that_names_a_local_path_is_refused(tmp_path):
+    source = training_output(tmp_path / "run")
+    edit_summary(source, data__source=f"my notes in {tmp_path / 'notes.txt'}")
+    with pytest.raises(ValueError, match=rf"The staged README.md contains the local path '{tmp_path}"):
+        stage_only([str(source), "--repo_id", "me/mini", "--dry_run"])
+    assert not (tmp_path / "run-hub").exists() and not [p for p in tmp_path.iterdir() if ".partial-" in p.name]

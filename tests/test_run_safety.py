@@ -1,0 +1,317 @@
+"""A run never loses or mixes its output: scripts/train.py's output folder, lock, checkpoint verification, and every
+argument checked before any work, with `error: ...` messages instead of tracebacks.
+
+In-process runs (`train.main`) use a tiny config and a 60 kB slice of the embedded corpus; the two tests that need
+real processes (a second run on a folder in use, the command-line messages) are few and short.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from accelerate.state import AcceleratorState, GradientState
+from transformers import AutoConfig, AutoTokenizer, BertConfig
+
+from .conftest import load_script
+from .test_train_script import TINY, offline_isolated, subprocess_env  # noqa: F401  (autouse fixture)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = str(ROOT / "scripts" / "train.py")
+train = load_script("train")
+show_model = load_script("show_model")
+benchmark = load_script("benchmark")
+# Every kind of file a checkpoint holds (one process, no sharding).
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl",
+                    "trainer_state.json", "tokenizer.json", "tokenizer_config.json", "manifest.json")
+
+
+def reset_accelerate():
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def run_twice(first: list[str], second: list[str]):
+    train.main(first)
+    reset_accelerate()
+    train.main(second)
+
+
+# --- 1. a used output folder ---------------------------------------------------------------------------------------
+
+def test_a_finished_output_dir_is_refused_and_left_untouched(tmp_path):
+    out = tmp_path / "run"
+    train.main([*TINY, "--max_train_steps", "2", "--checkpointing_steps", "1", "--output_dir", str(out)])
+    before = files_of(out)
+    reset_accelerate()
+    with pytest.raises(ValueError, match=r"--output_dir '.*run' already holds files \(checkpoints, config.json, "
+                                         r".*\)\. Pass --overwrite_output_dir to replace that run, "
+                                         r"--resume_from_checkpoint latest to continue it, or another --output_dir"):
+        train.main([*TINY, "--vocab_size", "280", "--max_train_steps", "1", "--output_dir", str(out)])
+    assert files_of(out) == before
+
+
+def test_overwrite_replaces_every_file_of_the_earlier_run(tmp_path):
+    out = tmp_path / "run"
+    train.main([*TINY, "--max_train_steps", "2", "--checkpointing_steps", "1", "--output_dir", str(out)])
+    (out / "notes.txt").write_text("mine")
+    reset_accelerate()
+    train.main([*TINY, "--vocab_size", "280", "--max_train_steps", "1", "--overwrite_output_dir",
+                "--output_dir", str(out)])
+    assert not (out / "checkpoints").exists()  # the earlier run's checkpoints are gone with it
+    assert len(AutoTokenizer.from_pretrained(out)) == AutoConfig.from_pretrained(out).vocab_size == 280
+    assert json.loads((out / "training_summary.json").read_text())["optimizer_steps"] == 1
+    steps = [json.loads(line).get("step") for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert max(step or 0 for step in steps) == 1  # the log holds this run only
+    assert (out / "notes.txt").read_text() == "mine"  # files the script did not write stay
+
+
+def test_a_run_that_fails_leaves_no_tokenizer_beside_another_runs_model(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train.main([*TINY, "--max_train_steps", "2", "--output_dir", str(out)])
+    reset_accelerate()
+
+    def interrupted(self, state, num_epochs):
+        raise KeyboardInterrupt  # Ctrl-C after the data and the tokenizer are ready
+
+    monkeypatch.setattr(train.TrainLoop, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.main([*TINY, "--vocab_size", "280", "--max_train_steps", "2", "--overwrite_output_dir",
+                    "--output_dir", str(out)])
+    left = {p.name for p in out.iterdir()}
+    assert not left & {"model.safetensors", "config.json", "tokenizer.json", "training_summary.json"}, left
+
+
+# --- 2. two runs on one folder -------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_second_run_on_a_folder_in_use_is_refused_on_every_rank_and_a_killed_run_leaves_no_stuck_lock(tmp_path):
+    out = tmp_path / "run"
+    env = subprocess_env(tmp_path)
+    first = subprocess.Popen([sys.executable, TRAIN, *TINY, "--max_train_steps", "100000", "--max_train_seconds",
+                              "200", "--output_dir", str(out)], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not ((out / ".train.lock").is_file() and (out / ".train.lock").read_text().startswith("pid")):
+            assert first.poll() is None and time.time() < deadline, "the first run never took its lock"
+            time.sleep(0.1)
+        # The second run is launched as two processes: the main one finds the lock taken, and both must stop.
+        second = subprocess.run(
+            [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+             TRAIN, *TINY, "--vocab_size", "280", "--max_train_steps", "2", "--output_dir", str(out)],
+            env={**env, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True, timeout=300)
+        assert second.returncode != 0
+        message = f"error: --output_dir '{out}' is in use by another training run (pid {first.pid} on "
+        assert second.stderr.count(message) == 2, second.stderr[-3000:]  # one line from each rank
+        assert first.poll() is None, "the second run disturbed the first"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # no chance to release anything: the OS drops the lock
+        first.wait()
+    third = subprocess.run([sys.executable, TRAIN, *TINY, "--max_train_steps", "2", "--overwrite_output_dir",
+                            "--output_dir", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert json.loads((out / "training_summary.json").read_text())["optimizer_steps"] == 2
+
+
+# --- 3. checkpoints verified on resume -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def checkpointed_run(tmp_path_factory) -> Path:
+    """A finished 2-step run with checkpoint-1 and checkpoint-2."""
+    tmp = tmp_path_factory.mktemp("checkpointed")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_DATASETS_CACHE", str(tmp / "datasets_cache"))
+        train.main([*TINY, "--max_train_steps", "2", "--checkpointing_steps", "1", "--output_dir", str(tmp / "run")])
+    reset_accelerate()
+    return tmp / "run"
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_the_list_of_checkpoint_files_is_complete(checkpointed_run):
+    assert {p.name for p in (checkpointed_run / "checkpoints" / "checkpoint-2").iterdir()} == set(CHECKPOINT_FILES)
+
+
+@pytest.mark.parametrize("name", CHECKPOINT_FILES)
+def test_a_truncated_checkpoint_file_is_named_before_any_work(checkpointed_run, tmp_path, name):
+    run = copy_of(checkpointed_run, tmp_path)
+    file = run / "checkpoints" / "checkpoint-2" / name
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    expected = (r"its manifest.json is unreadable" if name == "manifest.json" else
+                rf"{name} has \d+ bytes where \d+ were saved \(truncated or overwritten\)")
+    with pytest.raises(ValueError, match=rf"--resume_from_checkpoint '.*checkpoint-2' cannot be resumed: {expected}"):
+        train.main([*TINY, "--max_train_steps", "3", "--resume_from_checkpoint",
+                    str(run / "checkpoints" / "checkpoint-2"), "--output_dir", str(run)])
+    assert not (run / "train_log.jsonl").read_text().count('"step": 3')  # nothing ran
+
+
+def test_a_corrupted_checkpoint_file_of_the_right_size_is_caught_by_its_checksum(checkpointed_run, tmp_path):
+    run = copy_of(checkpointed_run, tmp_path)
+    file = run / "checkpoints" / "checkpoint-2" / "optimizer.bin"
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    file.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"optimizer.bin does not match the checksum it was saved with \(corrupted\)"):
+        train.main([*TINY, "--resume_from_checkpoint", str(run / "checkpoints" / "checkpoint-2"),
+                    "--output_dir", str(run)])
+
+
+def test_latest_falls_back_to_the_last_intact_checkpoint_and_says_so(checkpointed_run, tmp_path, capsys):
+    run = copy_of(checkpointed_run, tmp_path)
+    (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").unlink()
+    train.main([*TINY, "--max_train_steps", "2", "--resume_from_checkpoint", "latest", "--output_dir", str(run)])
+    err = capsys.readouterr().err
+    assert (f"warning: --resume_from_checkpoint latest: skipped {run}/checkpoints/checkpoint-2 (trainer_state.json "
+            f"is missing). Resuming from {run}/checkpoints/checkpoint-1 instead.") in err
+    assert json.loads((run / "training_summary.json").read_text())["optimizer_steps"] == 2
+
+
+def test_latest_with_no_intact_checkpoint_lists_what_is_wrong_with_each(checkpointed_run, tmp_path):
+    run = copy_of(checkpointed_run, tmp_path)
+    (run / "checkpoints" / "checkpoint-2" / "optimizer.bin").unlink()
+    (run / "checkpoints" / "checkpoint-1" / "manifest.json").unlink()
+    with pytest.raises(ValueError, match=r"no checkpoint in .* can be resumed: .*checkpoint-2 \(optimizer.bin is "
+                                         r"missing\); .*checkpoint-1 \(it has no manifest.json, which is written "
+                                         r"last: it was not saved completely\)"):
+        train.main([*TINY, "--resume_from_checkpoint", "latest", "--output_dir", str(run)])
+
+
+# --- 4. the model config is validated before any work --------------------------------------------------------------
+
+def write_configs(tmp_path: Path):
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
+        tmp_path / "bert")
+    (tmp_path / "truncated.json").write_text('{"hidden_size": 32, "num_hidden_lay')
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--config_overrides", "hidden_act=tanh"],
+         "The model config of --model_config 'tiny' with --config_overrides 'hidden_act=tanh' is invalid: "
+         "`hidden_act` must be one of 'relu', 'gelu', 'gelu_new', 'silu', got 'tanh'"),
+        (["--config_overrides", "hidden_size=33"], r"`hidden_size` \(33\) must be divisible by `num_attention_heads`"),
+        (["--config_overrides", "foo"], "--config_overrides: 'foo' is not key=value"),
+        (["--config_overrides", "hiden_size=32"], "--config_overrides: unknown config field 'hiden_size'"),
+        (["--model_config", "{tmp}/bert/config.json"], r"config.json' is the config of a 'bert' model"),
+        (["--init_from", "{tmp}/bert"], r"--init_from .* is the config of a 'bert' model"),
+        (["--model_config", "{tmp}/truncated.json"], r"--model_config '.*truncated.json' is not a valid JSON file"),
+    ],
+)
+def test_a_bad_model_config_is_refused_before_any_work(tmp_path, extra, message):
+    write_configs(tmp_path)
+    argv = [*TINY, *[a.format(tmp=tmp_path) for a in extra], "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match=message):
+        train.main(argv)
+    assert not (tmp_path / "out").exists()
+
+
+# --- 5. every argument checked before any work ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--learning_rate", "-1"], r"--learning_rate must be a positive number, got -1.0"),
+        (["--lr_scheduler_type", "cosinus"], "--lr_scheduler_type 'cosinus' is not a transformers scheduler; choose "
+                                             "one of linear, cosine"),
+        (["--task", "mlm", "--mlm_probability", "1.5"], r"--mlm_probability must lie in \(0, 1\), got 1.5"),
+        (["--num_warmup_steps", "-5"], "--num_warmup_steps must be zero or positive, got -5"),
+        (["--weight_decay", "-0.1"], "--weight_decay must be zero or positive, got -0.1"),
+        (["--max_grad_norm", "-1"], "--max_grad_norm must be zero or positive, got -1.0"),
+        (["--vocab_size", "100"], r"--vocab_size must be at least 259 \(256 byte tokens plus the special tokens\)"),
+        (["--report_to", "tensorbored"], "--report_to 'tensorbored' is not an accelerate tracker"),
+        (["--tokenizer_name", "./no/such/tokenizer"], "--tokenizer_name './no/such/tokenizer': no such folder"),
+        (["--tokenizer_name", "{tmp}"], r"--tokenizer_name '.*' is not a tokenizer folder"),
+    ],
+)
+def test_a_bad_argument_is_refused_before_any_work(tmp_path, extra, message):
+    argv = [*TINY, *[a.format(tmp=tmp_path) for a in extra], "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match=message):
+        train.main(argv)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tracker_that_is_not_installed_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "get_available_trackers", lambda: [])  # as without wandb (and anything else)
+    with pytest.raises(ValueError, match=r"--report_to wandb: the wandb package is not installed \(pip install "
+                                         r"wandb\); installed trackers: none"):
+        train.main([*TINY, "--report_to", "wandb", "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("binary.txt", bytes(range(128, 256)) * 20, r"Could not read '.*binary.txt' as text data: UnicodeDecodeError"),
+    ("broken.jsonl", b'{"text": "a"}\n{"text": ', r"Could not read '.*broken.jsonl' as json data"),
+])
+def test_an_unreadable_data_file_is_named(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        train.main([*TINY, "--train_file", str(tmp_path / name), "--output_dir", str(tmp_path / "out")])
+
+
+# --- 6. evaluation with nothing to score ---------------------------------------------------------------------------
+
+def test_an_evaluation_that_scores_nothing_keeps_the_model_and_records_no_number(tmp_path):
+    out = tmp_path / "mlm"
+    train.main([*TINY, "--task", "mlm", "--mlm_probability", "0.00001", "--per_device_eval_batch_size", "1",
+                "--max_train_steps", "2", "--output_dir", str(out)])
+    assert (out / "model.safetensors").is_file()
+    summary = json.loads((out / "training_summary.json").read_text())  # strict JSON: no NaN or Infinity
+    assert summary["final_eval"] == {"loss": None, "perplexity": None}
+
+
+# --- 8. messages, not tracebacks -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("script", "args", "message"), [
+    ("train.py", ["--learning_rate", "-1", "--output_dir", "{tmp}/out"],
+     "error: --learning_rate must be a positive number, got -1.0."),
+    ("validate_hub_folder.py", [], "validate_hub_folder.py: error: the following arguments are required: "
+                                   "staged_dir, expected, task"),
+])
+def test_command_lines_print_an_error_line_without_a_traceback(tmp_path, script, args, message):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *[a.format(tmp=tmp_path) for a in args]],
+                            env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == message and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("module", "args", "message"), [
+    ("show_model", ["out", "--batch_size", "0"], "error: --batch_size must be positive, got 0"),
+    ("show_model", ["out", "--temperature", "-1"],
+     "error: --temperature must be zero (greedy) or positive, got -1.0"),
+    ("benchmark", ["--seq_len", "0"], "error: --seq_len must be positive, got 0"),
+    ("benchmark", ["--presets", "tiny", "--seq_len", "512"],
+     "error: --seq_len 512 (or --prompt_len + --new_tokens 48) exceeds the tiny preset's max_position_embeddings "
+     "(256)"),
+])
+def test_script_arguments_are_checked_when_parsed(capsys, module, args, message):
+    script = {"show_model": show_model, "benchmark": benchmark}[module]
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(args)
+    assert exit_info.value.code != 0
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+
+
+def test_show_model_refuses_a_folder_that_mixes_two_runs(tmp_path):
+    from .test_publish import edit_summary, training_output
+
+    source = training_output(tmp_path / "run")
+    edit_summary(source, data__tokenizer_size=4096)  # the tokenizer in the folder is not the one training used
+    with pytest.raises(ValueError, match=r"mixes two runs: its tokenizer has \d+ tokens, the model's vocab_size is "
+                                         r"\d+, and training used a tokenizer of 4096 tokens"):
+        show_model.main([str(source)])
