@@ -58,12 +58,8 @@ from transformers import (
     MarianMTModel,
 )
 
-from hf_minitransformer import (
-    MiniTransformerConfig,
-    MiniTransformerForCausalLM,
-    MiniTransformerForMaskedLM,
-    MiniTransformerForSeq2SeqLM,
-)
+from hf_minitransformer import MiniTransformerForCausalLM, MiniTransformerForMaskedLM
+from hf_minitransformer.conversion import convert_model
 from hf_minitransformer.presets import PRESETS, config_from_preset
 
 
@@ -379,27 +375,18 @@ def train_script_section(preset: str, args: argparse.Namespace):
 
 
 def build_seq2seq(name: str, vocab_size: int, layers: int) -> torch.nn.Module:
-    """MarianMTModel or ours at opus-mt-en-de's shapes (post-LN, SiLU, sinusoidal positions, tied embeddings),
-    random weights, dropout off; pad / decoder start 58100 and eos 0 as Marian's."""
+    """MarianMTModel at opus-mt-en-de's shapes (post-LN, SiLU, sinusoidal positions, tied embeddings), random
+    weights, dropout off, pad / decoder start 58100 and eos 0; "ours" is that model converted (the same weights)."""
     sizes = OPUS_MT_EN_DE
     torch.manual_seed(0)
-    special = dict(pad_token_id=vocab_size - 1, eos_token_id=0, decoder_start_token_id=vocab_size - 1)
-    if name == "marian":
-        config = MarianConfig(vocab_size=vocab_size, d_model=sizes["d_model"], encoder_layers=layers,
-                              decoder_layers=layers, encoder_attention_heads=sizes["heads"],
-                              decoder_attention_heads=sizes["heads"], encoder_ffn_dim=sizes["ffn"],
-                              decoder_ffn_dim=sizes["ffn"], activation_function="swish", scale_embedding=True,
-                              max_position_embeddings=512, dropout=0.0, attention_dropout=0.0,
-                              activation_dropout=0.0, **special)
-        return MarianMTModel(config).eval()
-    config = MiniTransformerConfig(vocab_size=vocab_size, hidden_size=sizes["d_model"], num_hidden_layers=layers,
-                                   num_attention_heads=sizes["heads"], intermediate_size=sizes["ffn"],
-                                   hidden_act="silu", hidden_dropout_prob=0.0, bos_token_id=0, **special)
-    return MiniTransformerForSeq2SeqLM(config).eval()
-
-
-def token_name(index: int, config) -> str:
-    return {0: "</s>", 1: "<unk>", config.pad_token_id: "<pad>"}.get(index, f"t{index}")
+    config = MarianConfig(vocab_size=vocab_size, d_model=sizes["d_model"], encoder_layers=layers,
+                          decoder_layers=layers, encoder_attention_heads=sizes["heads"],
+                          decoder_attention_heads=sizes["heads"], encoder_ffn_dim=sizes["ffn"],
+                          decoder_ffn_dim=sizes["ffn"], activation_function="swish", scale_embedding=True,
+                          max_position_embeddings=512, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                          pad_token_id=vocab_size - 1, eos_token_id=0, decoder_start_token_id=vocab_size - 1)
+    marian = MarianMTModel(config).eval()
+    return marian if name == "marian" else convert_model(marian)[0]
 
 
 def ctranslate2_run(model: MarianMTModel, folder: str, quantization: str) -> Callable | None:

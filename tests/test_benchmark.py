@@ -66,16 +66,13 @@ def test_cpu_benchmark_runs_end_to_end():
     assert "GPU section skipped" in result.stdout or "### GPU" in result.stdout
 
 
-def test_encoder_decoder_contenders_have_identical_shapes():
+def test_encoder_decoder_contenders_are_one_model():
     marian = benchmark.build_seq2seq("marian", 300, 2)
-    ours = benchmark.build_seq2seq("ours", 300, 2)
-    assert marian.config.d_model == ours.config.hidden_size
-    assert marian.config.decoder_layers == ours.config.decoder_layers
-    assert marian.config.activation_function == "swish" and ours.config.hidden_act == "silu"
-    for config in (marian.config, ours.config):
-        assert (config.pad_token_id, config.eos_token_id, config.decoder_start_token_id) == (299, 0, 299)
-    counts = [sum(p.numel() for p in model.parameters()) for model in (marian, ours)]
-    assert abs(counts[0] - counts[1]) / counts[1] < 0.05
+    ours = benchmark.build_seq2seq("ours", 300, 2)  # converted from the same seeded Marian model
+    assert (ours.config.hidden_size, ours.config.decoder_layers, ours.config.hidden_act) == (512, 2, "silu")
+    source = torch.randint(3, 299, (1, 7))
+    kwargs = dict(max_new_tokens=5, do_sample=False, eos_token_id=None)
+    assert torch.equal(ours.generate(source, **kwargs), marian.generate(source, **kwargs))
 
 
 def test_ctranslate2_translates_the_marian_weights(tmp_path):
