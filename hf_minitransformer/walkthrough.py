@@ -136,7 +136,10 @@ def trace(
         raise RuntimeError("A walkthrough trace is already running; traces cannot be nested.")
     inputs, tokens = _model_inputs(model, tokenizer, text, target)
     recorder = _Recorder(model)
-    previous_implementation, was_training = config._attn_implementation, model.training
+    # Each sub-model (an encoder-decoder's two stacks) may have been given its own implementation: all are restored.
+    previous = [(module, module.config._attn_implementation) for module in model.modules()
+                if isinstance(module, PreTrainedModel)]
+    was_training = model.training
     model.set_attn_implementation(ATTENTION_NAME)
     model.eval()
     _RECORDERS.append(recorder.record_attention)
@@ -148,7 +151,9 @@ def trace(
         _RECORDERS.pop()
         for handle in handles:
             handle.remove()
-        model.set_attn_implementation(previous_implementation)
+        for module, implementation in previous:
+            if module.config._attn_implementation != implementation:
+                module.set_attn_implementation(implementation)
         model.train(was_training)
     walkthrough = recorder.walkthrough(outputs.logits[0], tokens, tokenizer)
     if not (config.is_decoder or config.is_encoder_decoder):  # a masked LM predicts the token at a position

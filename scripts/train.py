@@ -388,7 +388,6 @@ def check_args(args: argparse.Namespace) -> tuple[MiniTransformerConfig, Path | 
                  "generation_max_new_tokens"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise ValueError(f"--{name} must be positive when given, got {getattr(args, name)}.")
-    check_recipe_args(args)
     if args.max_target_length < 2:
         raise ValueError(f"--max_target_length must be at least 2 (a token and the end-of-sequence token), got "
                          f"{args.max_target_length}.")
@@ -424,6 +423,11 @@ def check_optimization_args(args: argparse.Namespace):
         value = getattr(args, name)
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"--{name} must be zero or positive, got {value}.")
+    for name in ("label_smoothing_factor", "adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(args, name) < 1:  # NaN fails this too
+            raise ValueError(f"--{name} must lie in [0, 1), got {getattr(args, name)}.")
+    if not (math.isfinite(args.adam_epsilon) and args.adam_epsilon > 0):
+        raise ValueError(f"--adam_epsilon must be a positive number, got {args.adam_epsilon}.")
     schedulers = [scheduler.value for scheduler in SchedulerType]
     if args.lr_scheduler_type not in schedulers:
         raise ValueError(f"--lr_scheduler_type {args.lr_scheduler_type!r} is not a transformers scheduler; choose "
@@ -457,14 +461,6 @@ def check_tokenizer_name(name: str):
 
 def resuming_in_output_dir(resume_path: Path | None, output_dir: str) -> bool:
     return resume_path is not None and resume_path.resolve().parent == (Path(output_dir) / CHECKPOINTS_DIR).resolve()
-def check_recipe_args(args: argparse.Namespace):
-    if not 0 <= args.label_smoothing_factor < 1:
-        raise ValueError(f"--label_smoothing_factor must lie in [0, 1), got {args.label_smoothing_factor}.")
-    for name in ("adam_beta1", "adam_beta2"):
-        if not 0 <= getattr(args, name) < 1:
-            raise ValueError(f"--{name} must lie in [0, 1), got {getattr(args, name)}.")
-    if args.adam_epsilon <= 0:
-        raise ValueError(f"--adam_epsilon must be positive, got {args.adam_epsilon}.")
 
 
 def sequence_lengths(args: argparse.Namespace) -> dict[str, int]:
@@ -540,15 +536,15 @@ def read_config_json(path: Path, flag: str) -> dict:
 def parse_config_overrides(text: str) -> dict:
     """'k=v,k=v' -> {k: v}: every key a MiniTransformerConfig field, values read as JSON (numbers, true, null) or
     else as strings."""
-    known = set(MiniTransformerConfig().to_dict())
+    known = {field.name for field in dataclasses.fields(MiniTransformerConfig)}  # with PreTrainedConfig's own
     overrides = {}
     for item in text.split(","):
         key, sep, value = (part.strip() for part in item.partition("="))
         if not sep or not key:
             raise ValueError(f"--config_overrides: {item.strip()!r} is not key=value (e.g. 'num_hidden_layers=2').")
         if key not in known:
-            raise ValueError(f"--config_overrides: unknown config field {key!r}; known fields: "
-                             f"{', '.join(sorted(known))}.")
+            raise ValueError(f"--config_overrides: unknown config field {key!r}; MiniTransformerConfig's fields are "
+                             f"{', '.join(MiniTransformerConfig.__annotations__)}.")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:

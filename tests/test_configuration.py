@@ -39,6 +39,9 @@ PINNED_DEFAULTS = dict(
     is_encoder_decoder=False,
     scale_embeddings=True,
     attention_bias=False,  # Q = X W_Q: no bias in the four attention projections
+    type_vocab_size=0,  # BERT's fields, for converted checkpoints: off, nothing built
+    embedding_layer_norm=False,
+    masked_lm_transform=False,
     rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
     hidden_dropout_prob=0.1,  # P_drop, paper §5.4
     attention_dropout=0.0,

@@ -182,6 +182,18 @@ def test_masked_lm_predicts_at_its_first_mask(tokenizer):
     assert [p for _, p in top] == pytest.approx(probabilities.topk(3).values.tolist())
 
 
+def test_each_stack_gets_its_own_attention_implementation_back(tokenizer):
+    model = build("seq2seq", tokenizer)
+    model.get_encoder().set_attn_implementation("eager")
+    before = [(name, module.config._attn_implementation) for name, module in model.named_modules()
+              if hasattr(module, "set_attn_implementation")]
+    assert {implementation for _, implementation in before} == {"sdpa", "eager"}
+    trace(model, tokenizer, "March 14th, 1987", "1987-03-14")
+    after = [(name, module.config._attn_implementation) for name, module in model.named_modules()
+             if hasattr(module, "set_attn_implementation")]
+    assert after == before
+
+
 def test_bad_input_is_a_value_error(tokenizer):
     model = build("clm", tokenizer)
     with pytest.raises(ValueError, match="target is for an encoder-decoder model; MiniTransformerForCausalLM"):
