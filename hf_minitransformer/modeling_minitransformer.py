@@ -21,7 +21,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
-from transformers.generation import GenerationMixin
+from transformers.generation import CompileConfig, GenerationMixin
 from transformers.masking_utils import (
     create_bidirectional_mask,
     create_causal_mask,
@@ -82,6 +82,23 @@ def sinusoidal_position_encoding(num_positions: int, dim: int) -> torch.Tensor:
     encoding[:, 1::2] = torch.cos(angles[:, : dim // 2])
     # Built in float64 so that every dtype the model is cast to gets the correctly rounded table.
     return encoding.to(torch.get_default_dtype())
+
+
+def check_in_range(values: torch.Tensor, limit: int, message: Callable[[int | str], str]):
+    """ValueError `message(bad value)` if any of `values` is outside [0, limit), read where it costs no wait.
+
+    Values on the CPU are read on the host. Reading them from an accelerator would stall the host on every forward,
+    every decoding step included, so there the check is an asynchronous device assert with the same message (which
+    the next synchronising call raises), and under torch.compile there is none.
+    """
+    if torch.compiler.is_compiling() or values.numel() == 0:
+        return
+    if values.device.type != "cpu":
+        torch._assert_async(((values >= 0) & (values < limit)).all(), message("out of range"))
+        return
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high >= limit:
+        raise ValueError(message(low if low < 0 else high))
 
 
 class MiniTransformerEmbeddings(nn.Module):
@@ -368,6 +385,9 @@ class MiniTransformerPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
+    # torch.compile(model.forward, fullgraph=True) traces a whole forward (a static cache's decoding step included)
+    # without a graph break: the input checks that read values are left out while compiling.
+    _can_compile_fullgraph = True
     _can_record_outputs = {
         "hidden_states": MiniTransformerLayer,
         "attentions": OutputRecorder(MiniTransformerAttention, index=1, layer_name="self_attn"),
@@ -506,7 +526,10 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
         self._check_attention_mask(attention_mask, inputs_embeds.shape[0], seq_length, past_seen_tokens)
 
         documents = None
-        if packed and attention_mask is None and past_seen_tokens == 0:
+        # Several documents need several tokens and no cache before them. A static cache's length is a tensor on
+        # the device: under torch.compile a row is one sequence, as in transformers' masks.
+        if (packed and attention_mask is None and seq_length > 1 and not torch.compiler.is_compiling()
+                and past_seen_tokens == 0):
             documents = find_packed_sequence_indices(position_ids.expand(inputs_embeds.shape[0], -1))
         attention_mask, encoder_attention_mask = self._attention_masks(
             inputs_embeds, attention_mask, cache, documents, encoder_hidden_states, encoder_attention_mask
@@ -565,20 +588,21 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
         return attention_mask, encoder_attention_mask
 
     # Input checks: an index error deep inside an embedding lookup (or a CUDA assert) tells the user nothing.
-    # They read tensor values, so they are skipped while torch.compile traces the model.
+    # The value checks read tensors on the host only where they already are (see `check_in_range`), so a decoding
+    # step on an accelerator does not wait for the device; under torch.compile they are left out.
     def _check_token_ids(self, input_ids: torch.LongTensor):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be 2-D (batch, seq), got shape {tuple(input_ids.shape)}; for one "
                              "sequence use input_ids[None] or the tokenizer's return_tensors='pt'.")
-        if torch.compiler.is_compiling() or input_ids.numel() == 0:
-            return
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= self.config.vocab_size:
-            bad = low if low < 0 else high
-            raise ValueError(
-                f"input_ids contains token id {bad}, outside the vocabulary [0, {self.config.vocab_size}). "
-                "Check that the tokenizer matches the model, or resize the embeddings with `resize_token_embeddings`."
-            )
+        vocab_size = self.config.vocab_size
+        check_in_range(
+            input_ids,
+            vocab_size,
+            lambda bad: (
+                f"input_ids contains token id {bad}, outside the vocabulary [0, {vocab_size}). Check that the "
+                "tokenizer matches the model, or resize the embeddings with `resize_token_embeddings`."
+            ),
+        )
 
     def _check_encoder_hidden_states(self, encoder_hidden_states: torch.Tensor | None):
         has_cross_attention = self.config.is_decoder and self.config.is_encoder_decoder
@@ -591,29 +615,35 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
 
     def _check_positions(self, position_ids: torch.LongTensor):
         # The limit is on position values, not on the row: a packed row of several documents may be longer.
-        if self.config.position_embedding_type == "rotary" or torch.compiler.is_compiling():
+        if self.config.position_embedding_type == "rotary":
             return  # rotary positions are computed on the fly and extend to any length
-        if not position_ids.numel():
-            return
         limit = self.config.max_position_embeddings
-        low, high = int(position_ids.min()), int(position_ids.max())
-        if low < 0 or high >= limit:
-            raise ValueError(
-                f"Position {low if low < 0 else high} is outside [0, max_position_embeddings={limit}) of "
+        check_in_range(
+            position_ids,
+            limit,
+            lambda bad: (
+                f"Position {bad} is outside [0, max_position_embeddings={limit}) of "
                 f"{self.config.position_embedding_type!r} positions: a sequence (or each document of a packed row) "
                 f"can be at most {limit} tokens. Truncate the input, or use position_embedding_type='rotary'."
-            )
+            ),
+        )
 
-    def _check_attention_mask(self, attention_mask: torch.Tensor | None, batch: int, seq: int, past: int):
+    def _check_attention_mask(
+        self, attention_mask: torch.Tensor | None, batch: int, seq: int, past: int | torch.Tensor
+    ):
         if attention_mask is None:
             return
         shape = tuple(attention_mask.shape)
+        # A static cache's length is a tensor on the model's device: reading it would wait for the device at every
+        # decoding step, so then only the new tokens are known to fit.
+        static = isinstance(past, torch.Tensor)
+        keys = seq if static else past + seq
         if attention_mask.dim() == 2:
-            ok = shape == (batch, past + seq)
-            expected = f"(batch={batch}, cached + new tokens={past + seq})"
+            ok = shape[0] == batch and (shape[1] >= keys if static else shape[1] == keys)
+            expected = f"(batch={batch}, cached + new tokens{'>=' if static else '='}{keys})"
         elif attention_mask.dim() == 4:
-            ok = shape[0] == batch and shape[2] == seq and shape[3] >= past + seq
-            expected = f"(batch={batch}, 1 or heads, query length={seq}, key length>={past + seq})"
+            ok = shape[0] == batch and shape[2] == seq and shape[3] >= keys
+            expected = f"(batch={batch}, 1 or heads, query length={seq}, key length>={keys})"
         else:
             ok, expected = False, "2D (batch, cached + new tokens) or 4D (batch, 1, query length, key length)"
         if not ok:
@@ -676,7 +706,27 @@ class MiniTransformerForMaskedLM(MiniTransformerPreTrainedModel):
         )
 
 
-class MiniTransformerForCausalLM(MiniTransformerPreTrainedModel, GenerationMixin):
+class MiniTransformerGenerationMixin(GenerationMixin):
+    """transformers' generation, with its static-cache fast path on the CPU too.
+
+    `generate(..., cache_implementation="static")` compiles the decoding step (`torch.compile`, full graph) where
+    transformers does it on accelerators only; here the CPU gets it as well, with inductor's default mode (the CUDA
+    graphs of "reduce-overhead" do not apply). The first call pays the compilation. A `compile_config` of the
+    caller, or `disable_compile=True`, is followed as given.
+    """
+
+    def _valid_auto_compile_criteria(self, model_kwargs: dict, generation_config) -> bool:
+        cache = model_kwargs.get("cache")
+        decoder_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+        static = cache is not None and cache.is_compileable and type(decoder_cache) is not DynamicCache
+        if static and self.device.type == "cpu" and generation_config.compile_config is None:
+            compile_config = CompileConfig(fullgraph=True, mode="default")
+            compile_config._compile_all_devices = True  # transformers' own switch for compiling off accelerators
+            generation_config.compile_config = compile_config  # generate's per-call copy
+        return super()._valid_auto_compile_criteria(model_kwargs, generation_config)
+
+
+class MiniTransformerForCausalLM(MiniTransformerPreTrainedModel, MiniTransformerGenerationMixin):
     """Decoder-only language model: causal self-attention, tied output projection, generation with a KV cache."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.token_embeddings.weight"}
@@ -852,7 +902,7 @@ class MiniTransformerSeq2SeqModel(MiniTransformerPreTrainedModel):
         )
 
 
-class MiniTransformerForSeq2SeqLM(MiniTransformerPreTrainedModel, GenerationMixin):
+class MiniTransformerForSeq2SeqLM(MiniTransformerPreTrainedModel, MiniTransformerGenerationMixin):
     """The encoder-decoder Transformer of the paper's Figure 1: translation, summarisation, any text-to-text task.
 
     `model` (a `MiniTransformerSeq2SeqModel`) -> projection onto the vocabulary, which shares the embedding matrix

@@ -48,15 +48,26 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import BertConfig, BertForMaskedLM, GenerationConfig, GPT2Config, GPT2LMHeadModel
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    GenerationConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    MarianConfig,
+    MarianMTModel,
+)
 
 from hf_minitransformer import MiniTransformerForCausalLM, MiniTransformerForMaskedLM
+from hf_minitransformer.conversion import convert_model
 from hf_minitransformer.presets import PRESETS, config_from_preset
 
 
 CAUSAL = ("gpt2", "ours-causal", "ours-causal-tuned")
 MASKED = ("bert", "ours-masked", "ours-masked-tuned")
 MIB = 2**20
+# Helsinki-NLP/opus-mt-en-de: d_model 512, 6 + 6 layers, 8 heads, FFN 2048, SiLU ("swish"), vocabulary 58,101.
+OPUS_MT_EN_DE = dict(d_model=512, layers=6, heads=8, ffn=2048, vocab_size=58101)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,6 +90,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train_script_steps", type=int, default=60,
                         help="Optimizer steps of scripts/train.py in the training-script section (0: skip it).")
     parser.add_argument("--skip_cpu", action="store_true", help="Run only the GPU section.")
+    parser.add_argument("--inference_only", action="store_true",
+                        help="Run only the CPU inference section (static cache / compiled decoding, issue 12).")
+    parser.add_argument("--skip_inference", action="store_true", help="Skip the CPU inference section.")
+    parser.add_argument("--inference_preset", default="small", choices=list(PRESETS),
+                        help="Model size of the causal LM in the inference section.")
+    parser.add_argument("--inference_new_tokens", type=int, default=64,
+                        help="New tokens of the causal LM in the inference section (prompt: --prompt_len).")
+    parser.add_argument("--seq2seq_source_len", type=int, default=20, help="Source tokens of the encoder-decoder.")
+    parser.add_argument("--seq2seq_new_tokens", type=int, default=32, help="Tokens the encoder-decoder generates.")
+    parser.add_argument("--seq2seq_layers", type=int, default=OPUS_MT_EN_DE["layers"],
+                        help="Encoder and decoder layers of the encoder-decoder (opus-mt-en-de: 6).")
+    parser.add_argument("--seq2seq_vocab_size", type=int, default=OPUS_MT_EN_DE["vocab_size"],
+                        help="Vocabulary of the encoder-decoder (opus-mt-en-de: 58101).")
     parser.add_argument("--skip_gpu", action="store_true", help="Skip the GPU section even with CUDA.")
     parser.add_argument("--gpu_preset", default="base", choices=list(PRESETS), help="Model size on the GPU.")
     parser.add_argument("--gpu_vocab_size", type=int, default=50257, help="Vocabulary on the GPU (GPT-2's).")
@@ -204,7 +228,8 @@ def generate_seconds(model: torch.nn.Module, prompt: torch.Tensor, config: Gener
         output = model.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=config)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    assert output.shape[1] == prompt.shape[1] + config.max_new_tokens, "generation stopped early"
+    start_length = 1 if model.config.is_encoder_decoder else prompt.shape[1]  # the decoder starts from one token
+    assert output.shape[1] == start_length + config.max_new_tokens, "generation stopped early"
     return time.perf_counter() - start
 
 
@@ -349,6 +374,153 @@ def train_script_section(preset: str, args: argparse.Namespace):
     sys.stdout.flush()
 
 
+def build_seq2seq(name: str, vocab_size: int, layers: int) -> torch.nn.Module:
+    """MarianMTModel at opus-mt-en-de's shapes (post-LN, SiLU, sinusoidal positions, tied embeddings), random
+    weights, dropout off, pad / decoder start 58100 and eos 0; "ours" is that model converted (the same weights)."""
+    sizes = OPUS_MT_EN_DE
+    torch.manual_seed(0)
+    config = MarianConfig(vocab_size=vocab_size, d_model=sizes["d_model"], encoder_layers=layers,
+                          decoder_layers=layers, encoder_attention_heads=sizes["heads"],
+                          decoder_attention_heads=sizes["heads"], encoder_ffn_dim=sizes["ffn"],
+                          decoder_ffn_dim=sizes["ffn"], activation_function="swish", scale_embedding=True,
+                          max_position_embeddings=512, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                          pad_token_id=vocab_size - 1, eos_token_id=0, decoder_start_token_id=vocab_size - 1)
+    marian = MarianMTModel(config).eval()
+    return marian if name == "marian" else convert_model(marian)[0]
+
+
+def ctranslate2_run(model: MarianMTModel, folder: str, quantization: str) -> Callable | None:
+    """CTranslate2 (the `bench` extra) on the Marian model's own weights, as `seconds(source, new_tokens)`: greedy
+    translation of the (batch, length) ids, exactly `new_tokens` target tokens per row. Its converter reads the saved
+    folder, whose tokenizer is a word-level stand-in naming token i "t{i}" (random weights have no vocabulary).
+    None when ctranslate2 is not installed."""
+    try:
+        import ctranslate2
+    except ImportError:
+        return None
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    special = {0: "</s>", 1: "<unk>", model.config.pad_token_id: "<pad>"}
+    vocab = {special.get(index, f"t{index}"): index for index in range(model.config.vocab_size)}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
+                                        eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    source_folder, converted = os.path.join(folder, "marian"), os.path.join(folder, f"ct2-{quantization}")
+    if not os.path.isdir(source_folder):
+        model.save_pretrained(source_folder)
+        tokenizer.save_pretrained(source_folder)
+    ctranslate2.converters.TransformersConverter(source_folder).convert(converted, quantization=quantization)
+    translator = ctranslate2.Translator(converted, device="cpu", inter_threads=1,
+                                        intra_threads=torch.get_num_threads())
+
+    def seconds(source: torch.Tensor, new_tokens: int) -> float:
+        batch = [[special.get(index, f"t{index}") for index in row] for row in source.tolist()]
+        start = time.perf_counter()
+        results = translator.translate_batch(batch, beam_size=1, max_decoding_length=new_tokens,
+                                             min_decoding_length=new_tokens)
+        elapsed = time.perf_counter() - start
+        assert all(len(result.hypotheses[0]) == new_tokens for result in results), "translation stopped early"
+        return elapsed
+
+    return seconds
+
+
+def first_call_seconds(model: torch.nn.Module, prompt: torch.Tensor, config: GenerationConfig) -> float:
+    """The first static-cache `generate` of a fresh model: on the CPU it compiles the decoding step (warm-up)."""
+    torch._dynamo.reset()
+    return generate_seconds(model, prompt, config)
+
+
+def time_inference(models: dict[str, torch.nn.Module], prompt_len: int, new_tokens: int, vocab_size: int,
+                   args: argparse.Namespace, others: dict | None = None) -> dict[str, dict]:
+    """Per contender ("name", "default" | "static" cache): tokens/s at each batch size and time to first token at
+    batch 1, medians of interleaved rounds after the warm-up (which includes the compilation, timed apart).
+    `others` {(name, setting): seconds(prompt, new_tokens)} are timed in the same rounds."""
+    others = others or {}
+    results = {"warm-up": {}}
+    for cache in ("static",):
+        for name, model in models.items():
+            prompt = make_batch("gpt2", vocab_size, 1, prompt_len, 0.0)["input_ids"]
+            config = generation_config(new_tokens, cache_implementation=cache)
+            results["warm-up"][name] = first_call_seconds(model, prompt, config)
+    for batch_size in args.generate_batch_sizes:
+        prompt = make_batch("gpt2", vocab_size, batch_size, prompt_len, 0.0)["input_ids"]
+        runs = {}
+        for name, model in models.items():
+            for cache in ("default", "static"):
+                extra = {"cache_implementation": "static"} if cache == "static" else {}
+                config = generation_config(new_tokens, **extra)
+                runs[name, cache] = lambda model=model, config=config: generate_seconds(model, prompt, config)
+        for key, run in others.items():
+            runs[key] = lambda run=run, prompt=prompt: run(prompt, new_tokens)
+        seconds = interleaved_medians(runs, args.steps, args.warmup)
+        results[batch_size] = {key: batch_size * new_tokens / value for key, value in seconds.items()}
+    prompt = make_batch("gpt2", vocab_size, 1, prompt_len, 0.0)["input_ids"]
+    runs = {}
+    for name, model in models.items():
+        for cache in ("default", "static"):
+            extra = {"cache_implementation": "static"} if cache == "static" else {}
+            config = generation_config(1, **extra)
+            runs[name, cache] = lambda model=model, config=config: generate_seconds(model, prompt, config)
+    for key, run in others.items():
+        runs[key] = lambda run=run: run(prompt, 1)
+    results["first token"] = interleaved_medians(runs, args.steps, args.warmup)
+    return results
+
+
+def print_inference_table(title: str, reference: str, results: dict, targets: dict[str, float]):
+    """tokens/s and time to first token per contender, and ours against the reference, with the issue's targets."""
+    print(f"\n### {title}\n")
+    batch_sizes = [key for key in results if isinstance(key, int)]
+    header = " | ".join(f"batch {size}, tokens/s" for size in batch_sizes)
+    print(f"| contender | {header} | first token, ms | first call (warm-up), s |")
+    print("|---|" + "---:|" * (len(batch_sizes) + 2))
+    for name, cache in results[batch_sizes[0]]:
+        rates = " | ".join(f"{results[size][name, cache]:.0f}" for size in batch_sizes)
+        warm_up = f"{results['warm-up'][name]:.1f}" if cache == "static" and name in results["warm-up"] else ""
+        label = f"{name}, {cache}" + (" generate" if cache in ("default", "static") else "")
+        label += " (compiled on the CPU)" if cache == "static" and name == "ours" else ""
+        print(f"| {label} | {rates} | {results['first token'][name, cache] * 1000:.1f} | {warm_up} |")
+    print("\n| ratio (tokens/s) | " + " | ".join(f"batch {size}" for size in batch_sizes) + " | target (batch 1) |")
+    print("|---|" + "---:|" * (len(batch_sizes) + 1))
+    pairs = [("default", (reference, "default")), ("static", (reference, "default")),
+             ("static", (reference, "static"))]
+    pairs += [("static", key) for key in results[batch_sizes[0]] if key[0] not in ("ours", reference)]
+    for ours, theirs in pairs:
+        ratios = " | ".join(f"{results[size]['ours', ours] / results[size][theirs]:.2f}x" for size in batch_sizes)
+        target = targets.get(f"{ours}/{' '.join(theirs)}")
+        print(f"| ours {ours} / {' '.join(theirs)} | {ratios} | {f'>= {target:g}x' if target else ''} |")
+    sys.stdout.flush()
+
+
+def inference_section(args: argparse.Namespace):
+    """Batch-1 (and --generate_batch_sizes) greedy generation on the CPU, issue 12's targets: the causal LM of the
+    small preset against GPT-2, the encoder-decoder at opus-mt-en-de sizes against MarianMTModel; each with the
+    default `generate` and with `cache_implementation="static"` (which our models compile on the CPU)."""
+    causal = {"gpt2": build_model("gpt2", args.inference_preset, args.vocab_size, "all").eval(),
+              "ours": build_model("ours-causal", args.inference_preset, args.vocab_size, "all").eval()}
+    results = time_inference(causal, args.prompt_len, args.inference_new_tokens, args.vocab_size, args)
+    print_inference_table(f"Inference, causal LM: {args.inference_preset} preset, vocabulary {args.vocab_size}, "
+                          f"prompt {args.prompt_len}, {args.inference_new_tokens} new tokens, greedy", "gpt2", results,
+                          {"static/gpt2 default": 3.0, "static/gpt2 static": 2.0})
+    del causal
+    seq2seq = {name: build_seq2seq(name, args.seq2seq_vocab_size, args.seq2seq_layers) for name in ("marian", "ours")}
+    with tempfile.TemporaryDirectory() as folder:
+        others = {}
+        for quantization in ("float32", "int8"):
+            run = ctranslate2_run(seq2seq["marian"], folder, quantization)
+            if run is not None:
+                others["ctranslate2", quantization] = run
+        results = time_inference(seq2seq, args.seq2seq_source_len, args.seq2seq_new_tokens,
+                                 args.seq2seq_vocab_size, args, others)
+    print_inference_table(f"Inference, encoder-decoder: opus-mt-en-de sizes ({args.seq2seq_layers} + "
+                          f"{args.seq2seq_layers} layers, vocabulary {args.seq2seq_vocab_size}), source "
+                          f"{args.seq2seq_source_len}, {args.seq2seq_new_tokens} new tokens, greedy", "marian",
+                          results, {"static/marian default": 2.0, "static/ctranslate2 float32": 1.0})
+    if not others:
+        print("\nCTranslate2 rows skipped: ctranslate2 is not installed (pip install -e .[bench]).")
+
+
 def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     """6N + 12 L d T (Kaplan et al. / PaLM), N without position tables (they cost no matmul)."""
     config = model.config
@@ -441,6 +613,11 @@ def main():
     if args.measure_memory_of:
         print(json.dumps(measure_memory(args)))
         return
+    if args.inference_only:
+        print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}, transformers "
+              f"{transformers.__version__}; medians of {args.steps} interleaved rounds after {args.warmup} warm-up")
+        inference_section(args)
+        return
     if not args.skip_cpu:
         print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}, transformers "
               f"{transformers.__version__}; medians of {args.steps} interleaved rounds after {args.warmup} warm-up")
@@ -448,6 +625,8 @@ def main():
             cpu_section(preset, args)
             if args.train_script_steps:
                 train_script_section(preset, args)
+        if not args.skip_inference:
+            inference_section(args)
     if not args.skip_gpu:
         gpu_section(args)
 

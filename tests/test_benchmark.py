@@ -57,10 +57,38 @@ def test_step_peak_counts_the_tensors_a_step_allocates():
 def test_cpu_benchmark_runs_end_to_end():
     args = ["--presets", "tiny", "--steps", "1", "--warmup", "1", "--batch_size", "2", "--seq_len", "8",
             "--new_tokens", "2", "--generate_batch_sizes", "1", "--vocab_size", "300", "--threads", "1",
-            "--train_script_steps", "3"]
+            "--train_script_steps", "3", "--skip_inference"]
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), *args], capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "masked LM vs BERT: step peak tensors, MiB" in result.stdout
     assert "scripts/train.py against the bare train step" in result.stdout
     assert "GPU section skipped" in result.stdout or "### GPU" in result.stdout
+
+
+def test_encoder_decoder_contenders_are_one_model():
+    marian = benchmark.build_seq2seq("marian", 300, 2)
+    ours = benchmark.build_seq2seq("ours", 300, 2)  # converted from the same seeded Marian model
+    assert (ours.config.hidden_size, ours.config.decoder_layers, ours.config.hidden_act) == (512, 2, "silu")
+    source = torch.randint(3, 299, (1, 7))
+    kwargs = dict(max_new_tokens=5, do_sample=False, eos_token_id=None)
+    assert torch.equal(ours.generate(source, **kwargs), marian.generate(source, **kwargs))
+
+
+def test_ctranslate2_translates_the_marian_weights(tmp_path):
+    pytest.importorskip("ctranslate2")
+    marian = benchmark.build_seq2seq("marian", 300, 1)
+    seconds = benchmark.ctranslate2_run(marian, str(tmp_path), "float32")
+    assert seconds(torch.randint(3, 299, (2, 7)), 5) > 0  # asserts exactly 5 tokens per row itself
+
+
+@pytest.mark.slow
+def test_inference_benchmark_runs_end_to_end():
+    args = ["--inference_only", "--inference_preset", "tiny", "--vocab_size", "300", "--steps", "1", "--warmup", "1",
+            "--inference_new_tokens", "3", "--seq2seq_layers", "1", "--seq2seq_vocab_size", "300",
+            "--seq2seq_new_tokens", "3", "--generate_batch_sizes", "1", "--threads", "1"]
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), *args], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| ours static / gpt2 default |" in result.stdout
+    assert "| ours static / marian default |" in result.stdout

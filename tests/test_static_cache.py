@@ -1,0 +1,131 @@
+"""Static cache, full-graph compilation and host-sync-free decoding steps (issue 12)."""
+
+import pytest
+import torch
+from transformers import EncoderDecoderCache, StaticCache
+
+from hf_minitransformer import MiniTransformerForCausalLM, MiniTransformerForSeq2SeqLM
+from hf_minitransformer.modeling_minitransformer import check_in_range
+
+from .conftest import make_config
+
+
+HEADS = [MiniTransformerForCausalLM, MiniTransformerForSeq2SeqLM]
+GREEDY = dict(max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+
+
+def left_padded_prompt() -> tuple[torch.Tensor, torch.Tensor]:
+    input_ids = torch.randint(3, 99, (2, 6))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, :2] = 0
+    return input_ids.masked_fill(attention_mask == 0, 0), attention_mask
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+@pytest.mark.parametrize("head", HEADS)
+def test_static_cache_generates_the_dynamic_cache_tokens(head, num_beams):
+    model = head(make_config()).eval()
+    input_ids, attention_mask = left_padded_prompt()
+    kwargs = dict(attention_mask=attention_mask, num_beams=num_beams, **GREEDY)
+    dynamic = model.generate(input_ids, **kwargs)
+    # The eager static cache here; its compiled decoding is test_static_cache_generate_compiles_on_the_cpu.
+    static = model.generate(input_ids, cache_implementation="static", disable_compile=True, **kwargs)
+    assert torch.equal(static, dynamic)
+
+
+@pytest.mark.parametrize("position_embedding_type", ["learned", "rotary"])
+def test_static_cache_tokens_with_other_positions(position_embedding_type):
+    model = MiniTransformerForCausalLM(make_config(position_embedding_type=position_embedding_type)).eval()
+    input_ids, attention_mask = left_padded_prompt()
+    dynamic = model.generate(input_ids, attention_mask=attention_mask, **GREEDY)
+    static = model.generate(input_ids, attention_mask=attention_mask, cache_implementation="static",
+                            disable_compile=True, **GREEDY)
+    assert torch.equal(static, dynamic)
+
+
+def static_cache_for(model, max_cache_len: int, source_len: int):
+    """The static cache generate() builds: for an encoder-decoder, its cross-attention part holds the source."""
+    if model.config.is_encoder_decoder:
+        decoder_config = model.model.decoder.config
+        return EncoderDecoderCache(StaticCache(config=decoder_config, max_cache_len=max_cache_len),
+                                   StaticCache(config=decoder_config, max_cache_len=source_len))
+    return StaticCache(config=model.config, max_cache_len=max_cache_len)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_forward_compiles_to_one_graph(head):
+    # fullgraph=True raises at the first graph break; the "eager" backend traces with dynamo only, in seconds.
+    model = head(make_config()).eval()
+    input_ids, attention_mask = left_padded_prompt()
+    step_ids = torch.randint(3, 99, (2, 1))
+    step_mask = torch.cat([attention_mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
+    inputs = {"attention_mask": attention_mask}
+    step = {"attention_mask": step_mask, "position_ids": step_mask.sum(-1, keepdim=True) - 1}
+    if model.config.is_encoder_decoder:  # the prefill is the decoder's start, the step its next token
+        encoder_outputs = model.get_encoder()(input_ids, attention_mask=attention_mask)
+        inputs = {"attention_mask": attention_mask, "encoder_outputs": encoder_outputs,
+                  "decoder_input_ids": torch.ones(2, 1, dtype=torch.long)}
+        step = {"attention_mask": attention_mask, "encoder_outputs": encoder_outputs, "decoder_input_ids": step_ids}
+        input_ids = step_ids = None
+    torch._dynamo.reset()
+    compiled = torch.compile(model.forward, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        logits = {}
+        for name, forward in (("eager", model.forward), ("compiled", compiled)):
+            cache = static_cache_for(model, 16, attention_mask.shape[1])
+            forward(input_ids, cache=cache, use_cache=True, **inputs)  # prefill, eager in both
+            logits[name] = forward(step_ids, cache=cache, use_cache=True, **step).logits
+    torch.testing.assert_close(logits["compiled"], logits["eager"])
+
+
+def test_decoding_step_reads_no_value_on_the_host():
+    # On the "meta" device a tensor has no values: any read on the host (`int(t.max())`, `.item()`, `if t:`) raises.
+    # A prefill and a decoding step that run there read nothing, so on an accelerator they do not wait for it.
+    model = MiniTransformerForCausalLM(make_config()).eval().to("meta")
+    cache = StaticCache(config=model.config, max_cache_len=16)
+    with torch.no_grad():
+        model(torch.zeros(2, 5, dtype=torch.long, device="meta"), cache=cache, use_cache=True)
+        step = model(torch.zeros(2, 1, dtype=torch.long, device="meta"), cache=cache, use_cache=True,
+                     position_ids=torch.zeros(2, 1, dtype=torch.long, device="meta"))
+    assert step.logits.shape == (2, 1, 99)
+
+
+def test_value_checks_read_values_only_on_the_cpu():
+    # Off the host the check is an asynchronous device assert (raised by the device at its next synchronisation),
+    # so meta values, which cannot be read, pass; on the CPU the error is the clear ValueError.
+    check_in_range(torch.full((3,), 7, device="meta"), 5, lambda bad: f"value {bad}")
+    with pytest.raises(ValueError, match="value 5"):
+        check_in_range(torch.tensor([0, 5]), 5, lambda bad: f"value {bad}")
+    with pytest.raises(ValueError, match="value -1"):
+        check_in_range(torch.tensor([-1, 2]), 5, lambda bad: f"value {bad}")
+
+
+@pytest.mark.gpu
+def test_decoding_step_does_not_synchronise_on_cuda():
+    model = MiniTransformerForCausalLM(make_config()).eval().cuda()
+    cache = StaticCache(config=model.config, max_cache_len=16)
+    input_ids = torch.randint(3, 99, (2, 5), device="cuda")
+    with torch.no_grad():
+        model(input_ids, cache=cache, use_cache=True)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            model(input_ids[:, :1], cache=cache, use_cache=True,
+                  position_ids=torch.full((2, 1), 5, device="cuda"))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", HEADS)
+def test_static_cache_generate_compiles_on_the_cpu(head):
+    # The fast path a user asks for transformers' usual way: the decoding step compiled (inductor), same tokens.
+    model = head(make_config()).eval()
+    input_ids, attention_mask = left_padded_prompt()
+    for num_beams in (1, 3):
+        kwargs = dict(attention_mask=attention_mask, num_beams=num_beams, **GREEDY)
+        dynamic = model.generate(input_ids, **kwargs)
+        static = model.generate(input_ids, cache_implementation="static", **kwargs)
+        assert torch.equal(static, dynamic)
+    assert hasattr(model, "_compiled_call"), "generate did not compile the decoding step"
+    assert not hasattr(head(make_config()), "_compiled_call")
