@@ -32,6 +32,23 @@ def tiny_config() -> MiniTransformerConfig:
     return MiniTransformerConfig(**TINY)
 
 
+@pytest.fixture
+def isolated_train_runs(tmp_path, monkeypatch):
+    """For in-process scripts/train.py runs: no Hub, a private datasets cache, one thread, and a fresh accelerate
+    state afterwards (accelerate keeps its state in class attributes)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets_cache"))
+    # One thread: on a small shared machine, several busy-waiting threads per process slow tiny models 10x.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
 def make_config(**overrides) -> MiniTransformerConfig:
     return MiniTransformerConfig(**{**TINY, **overrides})
 

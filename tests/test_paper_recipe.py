@@ -18,16 +18,8 @@ TINY = ["--model_config", "tiny", "--config_overrides",
         "--vocab_size", "300", "--block_size", "32", "--max_corpus_bytes", "60000", "--report_to", "none"]
 
 
-@pytest.fixture(autouse=True)
-def offline_isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets_cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+# No Hub, a private datasets cache, one thread and a fresh accelerate state for every in-process run.
+pytestmark = pytest.mark.usefixtures("isolated_train_runs")
 
 
 def run(tmp_path, name: str, *argv: str) -> tuple[dict, list[dict]]:

@@ -44,18 +44,8 @@ SENTENCE = "The quick brown fox jumps over the lazy dog while the cat sleeps on 
 train = load_script("train")
 
 
-@pytest.fixture(autouse=True)
-def offline_isolated(tmp_path, monkeypatch):
-    """No Hub, a private datasets cache, and a fresh accelerate state for every in-process run."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets_cache"))
-    # One thread: on a small shared machine, several busy-waiting threads per process slow tiny models 10x.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+# No Hub, a private datasets cache, one thread and a fresh accelerate state for every in-process run.
+pytestmark = pytest.mark.usefixtures("isolated_train_runs")
 
 
 def subprocess_env(tmp_path: Path) -> dict:
