@@ -19,7 +19,7 @@ from accelerate.state import AcceleratorState, GradientState
 from transformers import AutoConfig, AutoTokenizer, BertConfig
 
 from .conftest import load_script
-from .test_train_script import TINY, offline_isolated, subprocess_env  # noqa: F401  (autouse fixture)
+from .test_train_script import TINY, subprocess_env
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +28,8 @@ train = load_script("train")
 show_model = load_script("show_model")
 benchmark = load_script("benchmark")
 # Every kind of file a checkpoint holds (one process, no sharding).
+# No Hub, a private datasets cache, one thread and a fresh accelerate state for every in-process run.
+pytestmark = pytest.mark.usefixtures("isolated_train_runs")
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl",
                     "trainer_state.json", "tokenizer.json", "tokenizer_config.json", "manifest.json")
 
