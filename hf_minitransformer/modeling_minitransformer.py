@@ -789,11 +789,16 @@ class MiniTransformerForCausalLM(MiniTransformerPreTrainedModel, MiniTransformer
 
 
 def seq2seq_config(config: MiniTransformerConfig) -> MiniTransformerConfig:
-    """A copy of `config` set up for the encoder-decoder (the caller's object is left as it was)."""
+    """`config` set up for the encoder-decoder: itself when it already is (a seq2seq checkpoint's, or the head's own,
+    which its bare encoder-decoder then shares, as BART's do), otherwise a copy, so the caller's object is left as it
+    was."""
+    # transformers 5 dropped these two tasks; `pipeline(task, ...)` finds them here (pipelines_minitransformer.py).
+    pipelines = {**CUSTOM_PIPELINES, **(getattr(config, "custom_pipelines", None) or {})}
+    if config.is_encoder_decoder and not config.is_decoder and getattr(config, "custom_pipelines", None) == pipelines:
+        return config
     config = copy.deepcopy(config)
     config.is_encoder_decoder, config.is_decoder = True, False
-    # transformers 5 dropped these two tasks; `pipeline(task, ...)` finds them here (pipelines_minitransformer.py).
-    config.custom_pipelines = {**CUSTOM_PIPELINES, **(getattr(config, "custom_pipelines", None) or {})}
+    config.custom_pipelines = pipelines
     return config
 
 
@@ -930,8 +935,8 @@ class MiniTransformerForSeq2SeqLM(MiniTransformerPreTrainedModel, MiniTransforme
         embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         if not self.config.tie_word_embeddings:  # the target embeddings are a matrix of their own
             self.model.decoder.resize_token_embeddings(embeddings.num_embeddings, mean_resizing=mean_resizing)
-        for module in (self.model, self.model.encoder, self.model.decoder):  # their configs check token ids
-            module.config.vocab_size = self.config.vocab_size
+        for stack in (self.model.encoder, self.model.decoder):  # their config copies check token ids
+            stack.config.vocab_size = self.config.vocab_size
         return embeddings
 
     def prepare_inputs_for_generation(self, decoder_input_ids, next_sequence_length=None, cache=None, **kwargs):
