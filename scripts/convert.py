@@ -24,8 +24,6 @@ Steps, each of which stops with a message saying what is wrong, before anything 
 """
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -44,6 +42,7 @@ from transformers import (
 )
 
 import hf_minitransformer  # noqa: F401  (registers MiniTransformer with the Auto classes)
+from hf_minitransformer.atomic_files import folder_renamed_into_place
 from hf_minitransformer.conversion import compare_models, conversion_is_exact, convert_config, convert_model
 
 
@@ -275,9 +274,7 @@ def write_folder(output: Path, model, tokenizer, family: dict, model_card: Model
                  overwrite: bool):
     """Write under a temporary name, check the folder reloads to the same logits, then rename: a crash or a failed
     check never leaves a half-written or wrong OUTPUT_DIR."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    try:
+    with folder_renamed_into_place(output, replace=overwrite) as partial:  # OUTPUT_DIR is moved aside until then
         model.save_pretrained(partial)  # safetensors, config + auto_map, code files, generation_config.json
         if tokenizer is not None:
             tokenizer.save_pretrained(partial)
@@ -288,16 +285,6 @@ def write_folder(output: Path, model, tokenizer, family: dict, model_card: Model
         name = "logits" if getattr(expected, "logits", None) is not None else "last_hidden_state"
         if not torch.equal(got[name], expected[name]):
             raise ConversionMismatchError(f"The folder written to {partial} does not reload to the same {name}.")
-        previous = None
-        if output.exists() and overwrite:  # moved aside, not deleted, until the new folder is in place
-            previous = output.with_name(f".{output.name}.replaced-{partial.name.rsplit('-', 1)[-1]}")
-            output.rename(previous)
-        partial.rename(output)
-        if previous is not None:
-            shutil.rmtree(previous)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -36,6 +35,7 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 import hf_minitransformer  # noqa: F401  (registers MiniTransformer with the Auto classes)
+from hf_minitransformer.atomic_files import folder_renamed_into_place
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -189,9 +189,7 @@ def stage(args: argparse.Namespace, summary: dict) -> tuple[Path, torch.nn.Modul
     Returns the folder and the model loaded from the training output, which validation compares the folder against.
     """
     final = Path(args.staging_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    try:
+    with folder_renamed_into_place(final) as partial:
         task = TASKS[summary["task"]]
         model = task["auto_class"].from_pretrained(args.model_dir)
         model.save_pretrained(partial, max_shard_size=args.max_shard_size)  # weights, config + auto_map, code
@@ -200,10 +198,6 @@ def stage(args: argparse.Namespace, summary: dict) -> tuple[Path, torch.nn.Modul
         card = render_card(args, summary, model, loss_plot=LOSS_PLOT if has_plot else None)
         card.save(partial / "README.md")
         check_no_local_paths(partial, Path(args.model_dir), summary)
-        partial.rename(final)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     print(f"Staged {final}")
     return final, model
 

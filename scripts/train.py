@@ -98,6 +98,7 @@ from hf_minitransformer import (
     MiniTransformerForMaskedLM,
     MiniTransformerForSeq2SeqLM,
 )
+from hf_minitransformer.atomic_files import write_text_atomically
 from hf_minitransformer.data import (
     EMBEDDED_SEQ2SEQ_TASKS,
     SPECIAL_TOKENS,
@@ -611,9 +612,7 @@ def write_manifest(folder: Path):
     """List every file of `folder` with its size and sha256, into a temporary file renamed into place."""
     files = {str(path.relative_to(folder)): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
              for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST}
-    partial = folder / f"{MANIFEST}.partial"
-    partial.write_text(json.dumps({"files": files}, indent=1))
-    os.replace(partial, folder / MANIFEST)
+    write_text_atomically(folder / MANIFEST, json.dumps({"files": files}, indent=1))
 
 
 def file_sha256(path: Path) -> str:
@@ -1147,9 +1146,8 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: PreT
 def write_summary(output_dir: Path, summary: dict):
     """Strict JSON (a metric that is not a finite number, such as an evaluation with nothing to score, is null),
     written to a temporary file renamed into place."""
-    partial = output_dir / f"{SUMMARY_FILE}.partial"
-    partial.write_text(json.dumps(finite_or_none(summary), indent=2, allow_nan=False) + "\n")
-    os.replace(partial, output_dir / SUMMARY_FILE)
+    write_text_atomically(output_dir / SUMMARY_FILE,
+                          json.dumps(finite_or_none(summary), indent=2, allow_nan=False) + "\n")
 
 
 def finite_or_none(value):
