@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 import hf_minitransformer  # noqa: F401  (registers MiniTransformer with the Auto classes)
+from hf_minitransformer.training.tasks import task_of_config
 from hf_minitransformer.walkthrough import Stage, Walkthrough, top_predictions, trace
 
 
@@ -61,13 +62,7 @@ def load_model(path: str, trust_remote_code: bool):
     if not (Path(path) / "config.json").is_file():
         raise ValueError(f"MODEL {path!r} is not a saved model folder (no config.json).")
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if config.is_encoder_decoder:
-        auto_class = AutoModelForSeq2SeqLM
-    elif config.is_decoder:
-        auto_class = AutoModelForCausalLM
-    else:
-        auto_class = AutoModelForMaskedLM
-    model = auto_class.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
+    model = task_of_config(config).auto_class.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return model, tokenizer
 

@@ -32,23 +32,17 @@ from pathlib import Path
 import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 from huggingface_hub.utils import validate_repo_id
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 import hf_minitransformer  # noqa: F401  (registers MiniTransformer with the Auto classes)
 from hf_minitransformer.atomic_files import folder_renamed_into_place
+from hf_minitransformer.training.tasks import TASKS
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CARD_TEMPLATE = REPO_ROOT / "model_card.md"
 VALIDATE_SCRIPT = Path(__file__).resolve().parent / "validate_hub_folder.py"
 LOSS_PLOT = "loss_curves.png"
-# What each training task publishes as.
-TASKS = {
-    "clm": dict(auto_class=AutoModelForCausalLM, pipeline_tag="text-generation", objective="causal language model"),
-    "mlm": dict(auto_class=AutoModelForMaskedLM, pipeline_tag="fill-mask", objective="masked language model"),
-    "seq2seq": dict(auto_class=AutoModelForSeq2SeqLM, pipeline_tag="text2text-generation",
-                    objective="sequence to sequence (encoder-decoder, teacher forcing)"),
-}
 # Sequence-level metrics of a seq2seq summary's final_eval, as model-index results: key -> (type, display name).
 SEQUENCE_METRICS = {"bleu": ("bleu", "BLEU"), "chrf": ("chrf", "chrF"), "exact_match": ("exact_match", "Exact match")}
 # Config fields that training_summary.json and config.json must agree on: otherwise the folder mixes two runs.
@@ -191,7 +185,7 @@ def stage(args: argparse.Namespace, summary: dict) -> tuple[Path, torch.nn.Modul
     final = Path(args.staging_dir)
     with folder_renamed_into_place(final) as partial:
         task = TASKS[summary["task"]]
-        model = task["auto_class"].from_pretrained(args.model_dir)
+        model = task.auto_class.from_pretrained(args.model_dir)
         model.save_pretrained(partial, max_shard_size=args.max_shard_size)  # weights, config + auto_map, code
         AutoTokenizer.from_pretrained(args.model_dir).save_pretrained(partial)
         has_plot = plot_losses(Path(args.model_dir) / "train_log.jsonl", partial / LOSS_PLOT)
@@ -209,10 +203,10 @@ def render_card(args: argparse.Namespace, summary: dict, model: torch.nn.Module,
     final_eval = summary["final_eval"]
     metrics = {"perplexity": ("perplexity", "Perplexity")}
     metrics.update({key: value for key, value in SEQUENCE_METRICS.items() if key in final_eval})
-    results = [EvalResult(task_type=task["pipeline_tag"], dataset_type="text", dataset_name=summary["data"]["source"],
+    results = [EvalResult(task_type=task.pipeline_tag, dataset_type="text", dataset_name=summary["data"]["source"],
                           metric_type=metric_type, metric_name=metric_name, metric_value=round(final_eval[key], 4))
                for key, (metric_type, metric_name) in metrics.items()]
-    card_data = ModelCardData(license=args.license, library_name="transformers", pipeline_tag=task["pipeline_tag"],
+    card_data = ModelCardData(license=args.license, library_name="transformers", pipeline_tag=task.pipeline_tag,
                               tags=["minitransformer", "transformer", "custom_code"], model_name=name,
                               eval_results=results)
     config = model.config
@@ -236,8 +230,8 @@ def render_card(args: argparse.Namespace, summary: dict, model: torch.nn.Module,
         )
     return ModelCard.from_template(
         card_data, template_path=str(CARD_TEMPLATE), model_name=name, repo_id=args.repo_id,
-        head=type(model).__name__, auto_class=task["auto_class"].__name__, num_parameters=model.num_parameters(),
-        architecture=architecture, summary=summary, objective=task["objective"], recipe=recipe, loss_plot=loss_plot,
+        head=type(model).__name__, auto_class=task.auto_class.__name__, num_parameters=model.num_parameters(),
+        architecture=architecture, summary=summary, objective=task.objective, recipe=recipe, loss_plot=loss_plot,
     )
 
 
@@ -274,7 +268,7 @@ def plot_losses(log_path: Path, out_path: Path) -> bool:
     return True
 
 
-def validate(staged: Path, model: torch.nn.Module, task: str):
+def validate(staged: Path, model: torch.nn.Module, task_name: str):
     """Reload the staged folder as a stranger would, in a fresh offline process without this package, and compare
     its logits with `model`'s, the training output loaded in this process."""
     model.eval()
@@ -286,11 +280,12 @@ def validate(staged: Path, model: torch.nn.Module, task: str):
         logits = model(**inputs).logits
     with tempfile.TemporaryDirectory() as workdir:
         expected = Path(workdir) / "expected.pt"
-        torch.save({"inputs": inputs, "logits": logits}, expected)
+        # The task's row of the table travels with the logits: the check must not import this package.
+        torch.save({"inputs": inputs, "logits": logits, **TASKS[task_name].published_as()}, expected)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(Path(workdir) / "modules"), TOKENIZERS_PARALLELISM="false")
         result = subprocess.run(
-            [sys.executable, str(VALIDATE_SCRIPT), str(staged.resolve()), str(expected), task],
+            [sys.executable, str(VALIDATE_SCRIPT), str(staged.resolve()), str(expected)],
             cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
         )
     if result.returncode != 0:

@@ -21,10 +21,6 @@ from pathlib import Path
 import torch
 from datasets import Dataset, DatasetDict
 from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoModelForSeq2SeqLM,
     AutoTokenizer,
     DataCollatorForLanguageModeling,
     DataCollatorForSeq2Seq,
@@ -41,6 +37,7 @@ from hf_minitransformer.data import (
     tokenize_and_pack,
     tokenize_pairs,
 )
+from hf_minitransformer.training.tasks import TASKS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,10 +67,12 @@ def main(argv: list[str] | None = None):
     if not summary_path.is_file():
         raise ValueError(f"{args.model_dir!r} has no training_summary.json; pass the output of scripts/train.py.")
     summary = json.loads(summary_path.read_text())
-    seq2seq = AutoConfig.from_pretrained(model_dir).is_encoder_decoder
-    causal = summary["task"] == "clm"
-    auto_class = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM if causal else AutoModelForMaskedLM
-    model = auto_class.from_pretrained(model_dir)
+    if summary.get("task") not in TASKS:
+        raise ValueError(f"{str(summary_path)!r} has task {summary.get('task')!r}; expected one of "
+                         f"{', '.join(TASKS)}.")
+    task = TASKS[summary["task"]]
+    model = task.auto_class.from_pretrained(model_dir)
+    seq2seq, causal = model.config.is_encoder_decoder, task.is_decoder
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     recorded_size = summary["data"].get("tokenizer_size")
     if len(tokenizer) > model.config.vocab_size or recorded_size not in (None, len(tokenizer)):

@@ -18,6 +18,8 @@ import pytest
 from accelerate.state import AcceleratorState, GradientState
 from transformers import AutoConfig, AutoTokenizer, BertConfig
 
+from hf_minitransformer.training import tracking
+
 from .conftest import load_script
 from .test_train_script import TINY, subprocess_env
 
@@ -83,10 +85,10 @@ def test_a_run_that_fails_leaves_no_tokenizer_beside_another_runs_model(tmp_path
     train.main([*TINY, "--max_train_steps", "2", "--output_dir", str(out)])
     reset_accelerate()
 
-    def interrupted(self, state, num_epochs):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # Ctrl-C after the data and the tokenizer are ready
 
-    monkeypatch.setattr(train.TrainLoop, "run", interrupted)
+    monkeypatch.setattr(train, "train_loop", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train.main([*TINY, "--vocab_size", "280", "--max_train_steps", "2", "--overwrite_output_dir",
                     "--output_dir", str(out)])
@@ -249,7 +251,7 @@ def test_a_bad_argument_is_refused_before_any_work(tmp_path, extra, message):
 
 
 def test_a_tracker_that_is_not_installed_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "get_available_trackers", lambda: [])  # as without wandb (and anything else)
+    monkeypatch.setattr(tracking, "get_available_trackers", lambda: [])  # as without wandb (and anything else)
     with pytest.raises(ValueError, match=r"--report_to wandb: the wandb package is not installed \(pip install "
                                          r"wandb\); installed trackers: none"):
         train.main([*TINY, "--report_to", "wandb", "--output_dir", str(tmp_path / "out")])
@@ -283,7 +285,7 @@ def test_an_evaluation_that_scores_nothing_keeps_the_model_and_records_no_number
     ("train.py", ["--learning_rate", "-1", "--output_dir", "{tmp}/out"],
      "error: --learning_rate must be a positive number, got -1.0."),
     ("validate_hub_folder.py", [], "validate_hub_folder.py: error: the following arguments are required: "
-                                   "staged_dir, expected, task"),
+                                   "staged_dir, expected"),
 ])
 def test_command_lines_print_an_error_line_without_a_traceback(tmp_path, script, args, message):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *[a.format(tmp=tmp_path) for a in args]],

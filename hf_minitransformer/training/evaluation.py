@@ -1,0 +1,161 @@
+"""Evaluation during and after training: held-out loss and perplexity, generation scores, and the baselines.
+
+Every number is computed over all processes with `gather_for_metrics`, so it is the same on 1 or 16 processes.
+"""
+
+import dataclasses
+import itertools
+import math
+from collections import Counter
+from collections.abc import Iterator
+
+import datasets
+import sacrebleu
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+
+logger = get_logger(__name__)
+
+METRIC_FORMATS = {"loss": "loss {:.4f}", "perplexity": "perplexity {:.2f}", "bleu": "BLEU {:.2f}",
+                  "chrf": "chrF {:.2f}", "exact_match": "exact match {:.3f}"}
+
+
+@dataclasses.dataclass
+class Evaluator:
+    """Held-out token loss and perplexity."""
+
+    eval_dataloader: DataLoader
+    reseeded_collator: object | None = None  # a collator with its own RNG (masked LM): reseeded before each run
+
+    def prepare(self, accelerator: Accelerator):
+        """Shard the validation loaders across processes (after the training loader, so checkpoints line up)."""
+        self.eval_dataloader = accelerator.prepare(self.eval_dataloader)
+
+    def __call__(self, accelerator: Accelerator, model: torch.nn.Module) -> dict[str, float]:
+        model.eval()
+        if self.reseeded_collator is not None:
+            self.reseeded_collator.create_rng("pt")  # the same masks at every evaluation
+        metrics = self.score(accelerator, model)
+        model.train()
+        return metrics
+
+    def score(self, accelerator: Accelerator, model: torch.nn.Module) -> dict[str, float]:
+        return evaluate_loss(accelerator, model, self.eval_dataloader)
+
+    def summary(self) -> dict:
+        """What the training summary records about the evaluation, besides its metrics."""
+        return {}
+
+
+@dataclasses.dataclass
+class GenerationEvaluator(Evaluator):
+    """Also generates the targets of the first validation pairs and scores them: BLEU, chrF and exact match."""
+
+    generate_dataloader: DataLoader | None = None
+    tokenizer: PreTrainedTokenizerBase | None = None
+    generation_kwargs: dict = dataclasses.field(default_factory=dict)
+    generated: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # last (reference, prediction)s
+
+    def prepare(self, accelerator: Accelerator):
+        super().prepare(accelerator)
+        self.generate_dataloader = accelerator.prepare(self.generate_dataloader)
+
+    def score(self, accelerator: Accelerator, model: torch.nn.Module) -> dict[str, float]:
+        metrics = super().score(accelerator, model)
+        predictions, references = generate_targets(accelerator, model, self.generate_dataloader, self.tokenizer,
+                                                    self.generation_kwargs)
+        self.generated = list(zip(references, predictions))
+        return {**metrics, **sequence_scores(predictions, references)}
+
+    def summary(self) -> dict:
+        examples = [{"reference": r, "prediction": p} for r, p in self.generated[:10]]
+        return {"generation": {**self.generation_kwargs, "samples": len(self.generated), "examples": examples}}
+
+
+def evaluate_loss(accelerator: Accelerator, model: torch.nn.Module, eval_dataloader: DataLoader
+                  ) -> dict[str, float]:
+    """Mean loss per scored token over the validation data (each sample counted once) and its exponential."""
+    totals = []
+    for batch in eval_dataloader:
+        with torch.no_grad():
+            loss = model(**batch).loss.detach().float()
+        # The loss is a mean over the batch's scored tokens (labels != -100), so it is weighted by their number.
+        # (The causal loss scores one fewer per block, as it shifts; every block loses one, so the weights keep
+        # their proportions.) Weights go per sample, so that gather_for_metrics can drop the samples repeated to
+        # even out the last batch across processes.
+        tokens = (batch["labels"] != -100).sum(dim=-1).float()
+        # A batch with nothing to score has an undefined (NaN) mean loss; it adds nothing to the totals.
+        weighted = torch.where(tokens > 0, loss * tokens, torch.zeros_like(tokens))
+        totals.append(accelerator.gather_for_metrics(torch.stack([weighted, tokens], dim=-1)))
+    loss_sum, token_count = torch.cat(totals).sum(dim=0).tolist()
+    if token_count == 0:
+        logger.warning("The evaluation scored no token (every label is -100, e.g. a tiny --mlm_probability): its "
+                       "loss and perplexity are undefined.")
+        return {"loss": float("nan"), "perplexity": float("nan")}
+    eval_loss = loss_sum / token_count
+    return {"loss": eval_loss, "perplexity": math.exp(eval_loss) if eval_loss < 100 else float("inf")}
+
+
+def generate_targets(accelerator: Accelerator, model: torch.nn.Module, dataloader: DataLoader,
+                     tokenizer: PreTrainedTokenizerBase, generation_kwargs: dict) -> tuple[list[str], list[str]]:
+    """Generated targets and references (the labels) of `dataloader`'s pairs, decoded, in order, on every process."""
+    generator = accelerator.unwrap_model(model)
+    predictions, references = [], []
+    for batch in dataloader:
+        with torch.no_grad():
+            generated = generator.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                           **generation_kwargs)
+        # Each process stops at its own longest output and pads labels to its own longest target: pad to the
+        # longest over processes, so that the gather can concatenate.
+        generated = accelerator.pad_across_processes(generated, dim=1, pad_index=tokenizer.pad_token_id)
+        labels = accelerator.pad_across_processes(batch["labels"], dim=1, pad_index=-100)
+        generated, labels = accelerator.gather_for_metrics((generated, labels))
+        predictions += tokenizer.batch_decode(generated, skip_special_tokens=True)
+        references += tokenizer.batch_decode(labels.masked_fill(labels == -100, tokenizer.pad_token_id),
+                                             skip_special_tokens=True)
+    return [text.strip() for text in predictions], [text.strip() for text in references]
+
+
+def sequence_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF (sacrebleu, 0-100) and the exact-match rate (0-1) of predictions against references."""
+    return {
+        "bleu": sacrebleu.corpus_bleu(predictions, [references]).score,
+        "chrf": sacrebleu.corpus_chrf(predictions, [references]).score,
+        "exact_match": sum(p == r for p, r in zip(predictions, references, strict=True)) / len(references),
+    }
+
+
+def format_metrics(metrics: dict) -> str:
+    return ", ".join(text.format(metrics[name]) for name, text in METRIC_FORMATS.items() if name in metrics)
+
+
+def unigram_perplexity(processed: datasets.DatasetDict, column: str, vocab_size: int) -> float:
+    """Perplexity on the validation tokens of `column` of the context-free baseline: training-set token frequencies
+    (add-one)."""
+
+    def token_ids(split: datasets.Dataset) -> Iterator[torch.Tensor]:
+        for batch in split.iter(batch_size=4096):
+            yield torch.tensor(list(itertools.chain.from_iterable(batch[column])), dtype=torch.long)
+
+    counts = torch.ones(vocab_size, dtype=torch.float64)
+    for ids in token_ids(processed["train"]):
+        counts += torch.bincount(ids, minlength=vocab_size).double()
+    log_probs = (counts / counts.sum()).log()
+    validation = torch.cat(list(token_ids(processed["validation"])))
+    return math.exp(-log_probs[validation].mean().item())
+
+
+def most_frequent_target(processed: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase,
+                         num_samples: int) -> dict:
+    """The metric baseline of seq2seq: always answer the most frequent training target, scored like generation."""
+    ids, count = Counter(map(tuple, processed["train"]["labels"])).most_common(1)[0]
+    prediction = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    validation = processed["validation"]
+    labels = list(validation.select(range(min(num_samples, len(validation))))["labels"])
+    references = [text.strip() for text in tokenizer.batch_decode(labels, skip_special_tokens=True)]
+    return {"prediction": prediction, "train_count": count,
+            **sequence_scores([prediction] * len(references), references)}
