@@ -5,6 +5,7 @@ import platform
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,13 @@ def test_a_staged_file_that_names_a_local_path_is_refused(tmp_path):
     with pytest.raises(ValueError, match=rf"The staged README.md contains the local path '{tmp_path}"):
         stage_only([str(source), "--repo_id", "me/mini", "--dry_run"])
     assert not (tmp_path / "run-hub").exists() and not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_the_card_installs_torch_and_transformers_in_the_declared_ranges():
+    # A published folder loads as remote code, which needs only torch and transformers: the card's install line names
+    # them in the ranges pyproject.toml declares (kept in step here), and not this package, which no index serves.
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    needed = [spec for spec in dependencies if spec.startswith(("torch>", "torch=", "transformers>", "transformers="))]
+    template = (ROOT / "model_card.md").read_text()
+    assert len(needed) == 2 and "pip install " + " ".join(f'"{spec}"' for spec in needed) in template
+    assert "pip install hf_minitransformer" not in template
