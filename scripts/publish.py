@@ -248,7 +248,7 @@ def plot_losses(log_path: Path, out_path: Path) -> bool:
         import matplotlib
     except ImportError:
         print("note: matplotlib is not installed, so the card has no loss plot; to add one, install the publish "
-              "extra (pip install 'hf_minitransformer[publish]', or pip install matplotlib) and publish again.")
+              "extra (pip install -e '.[publish]' in the checkout, or pip install matplotlib) and publish again.")
         return False
 
     matplotlib.use("Agg")  # no display: render straight to the file

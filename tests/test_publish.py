@@ -226,7 +226,7 @@ def test_without_matplotlib_the_card_has_no_plot_and_says_so(tmp_path, capsys, m
     assert not (staged / "loss_curves.png").exists()
     assert "loss_curves.png" not in (staged / "README.md").read_text()
     assert ("note: matplotlib is not installed, so the card has no loss plot; to add one, install the publish extra "
-            "(pip install 'hf_minitransformer[publish]', or pip install matplotlib) and publish again."
+            "(pip install -e '.[publish]' in the checkout, or pip install matplotlib) and publish again."
             ) in capsys.readouterr().out
 
 
