@@ -109,12 +109,25 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def use_private_datasets_cache(monkeypatch: pytest.MonkeyPatch, folder: Path):
+    """`datasets` caches what it builds and maps under FOLDER, never in the user's cache."""
+    import datasets.config
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(folder))  # for the processes started from here
+    # `datasets` reads the variable once, when it is imported: this process takes the folder from its config.
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", folder)
+
+
 @pytest.fixture
-def isolated_train_runs(tmp_path, monkeypatch, one_thread):
+def private_datasets_cache(tmp_path, monkeypatch):
+    use_private_datasets_cache(monkeypatch, tmp_path / "datasets_cache")
+
+
+@pytest.fixture
+def isolated_train_runs(monkeypatch, private_datasets_cache, one_thread):
     """For in-process scripts/train.py runs: no Hub, a private datasets cache, one thread, and a fresh accelerate
     state afterwards."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets_cache"))
     yield
     reset_accelerate()
 

@@ -26,6 +26,10 @@ from hf_minitransformer.data import (
 )
 
 
+# The docstring task's pairs are built with `datasets`, which caches them.
+pytestmark = pytest.mark.usefixtures("private_datasets_cache")
+
+
 # --- the docstring task ---------------------------------------------------------------------------------------------
 
 def pairs_of(module) -> dict[str, dict]:

@@ -28,6 +28,7 @@ from .conftest import (
     run_script,
     script_env,
     training_output,
+    use_private_datasets_cache,
 )
 
 
@@ -125,7 +126,7 @@ def checkpointed_run(tmp_path_factory) -> Path:
     """A finished 2-step run with checkpoint-1 and checkpoint-2."""
     tmp = tmp_path_factory.mktemp("checkpointed")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_DATASETS_CACHE", str(tmp / "datasets_cache"))
+        use_private_datasets_cache(patch, tmp / "datasets_cache")
         train.main([*TINY_ARGS, "--max_train_steps", "2", "--checkpointing_steps", "1",
                     "--output_dir", str(tmp / "run")])
     reset_accelerate()
