@@ -1,16 +1,9 @@
 """scripts/benchmark.py builds like-for-like contenders and measures without crashing; it never asserts a timing."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-from .conftest import load_script
-
-
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import load_script, run_script
 
 
 benchmark = load_script("benchmark")
@@ -54,13 +47,11 @@ def test_step_peak_counts_the_tensors_a_step_allocates():
 
 
 @pytest.mark.slow
-def test_cpu_benchmark_runs_end_to_end():
+def test_cpu_benchmark_runs_end_to_end(tmp_path):
     args = ["--presets", "tiny", "--steps", "1", "--warmup", "1", "--batch_size", "2", "--seq_len", "8",
             "--new_tokens", "2", "--generate_batch_sizes", "1", "--vocab_size", "300", "--threads", "1",
             "--train_script_steps", "3", "--skip_inference"]
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), *args], capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script(tmp_path, "benchmark.py", *args, timeout=600)
     assert "masked LM vs BERT: step peak tensors, MiB" in result.stdout
     assert "scripts/train.py against the bare train step" in result.stdout
     assert "GPU section skipped" in result.stdout or "### GPU" in result.stdout
@@ -83,12 +74,10 @@ def test_ctranslate2_translates_the_marian_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_inference_benchmark_runs_end_to_end():
+def test_inference_benchmark_runs_end_to_end(tmp_path):
     args = ["--inference_only", "--inference_preset", "tiny", "--vocab_size", "300", "--steps", "1", "--warmup", "1",
             "--inference_new_tokens", "3", "--seq2seq_layers", "1", "--seq2seq_vocab_size", "300",
             "--seq2seq_new_tokens", "3", "--generate_batch_sizes", "1", "--threads", "1"]
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), *args], capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script(tmp_path, "benchmark.py", *args, timeout=600)
     assert "| ours static / gpt2 default |" in result.stdout
     assert "| ours static / marian default |" in result.stdout

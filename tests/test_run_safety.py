@@ -5,7 +5,6 @@ In-process runs (`train.main`) use a tiny config and a 60 kB slice of the embedd
 real processes (a second run on a folder in use, the command-line messages) are few and short.
 """
 
-import json
 import os
 import shutil
 import signal
@@ -15,74 +14,72 @@ import time
 from pathlib import Path
 
 import pytest
-from accelerate.state import AcceleratorState, GradientState
 from transformers import AutoConfig, AutoTokenizer, BertConfig
 
 from hf_minitransformer.training import tracking
 
-from .conftest import load_script
-from .test_train_script import TINY, subprocess_env
+from .conftest import (
+    SCRIPTS,
+    TINY_ARGS,
+    TWO_CPU_PROCESSES,
+    edit_summary,
+    load_script,
+    read_log,
+    read_summary,
+    reset_accelerate,
+    run_script,
+    script_env,
+    training_output,
+    use_private_datasets_cache,
+)
 
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = str(ROOT / "scripts" / "train.py")
 train = load_script("train")
 show_model = load_script("show_model")
 benchmark = load_script("benchmark")
-# Every kind of file a checkpoint holds (one process, no sharding).
 # No Hub, a private datasets cache, one thread and a fresh accelerate state for every in-process run.
 pytestmark = pytest.mark.usefixtures("isolated_train_runs")
+# Every kind of file a checkpoint holds (one process, no sharding).
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl",
                     "trainer_state.json", "tokenizer.json", "tokenizer_config.json", "manifest.json")
-
-
-def reset_accelerate():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def run_twice(first: list[str], second: list[str]):
-    train.main(first)
-    reset_accelerate()
-    train.main(second)
-
-
 # --- 1. a used output folder ---------------------------------------------------------------------------------------
 
 def test_a_finished_output_dir_is_refused_and_left_untouched(tmp_path):
     out = tmp_path / "run"
-    train.main([*TINY, "--max_train_steps", "2", "--checkpointing_steps", "1", "--output_dir", str(out)])
+    train.main([*TINY_ARGS, "--max_train_steps", "2", "--checkpointing_steps", "1", "--output_dir", str(out)])
     before = files_of(out)
     reset_accelerate()
     with pytest.raises(ValueError, match=r"--output_dir '.*run' already holds files \(checkpoints, config.json, "
                                          r".*\)\. Pass --overwrite_output_dir to replace that run, "
                                          r"--resume_from_checkpoint latest to continue it, or another --output_dir"):
-        train.main([*TINY, "--vocab_size", "280", "--max_train_steps", "1", "--output_dir", str(out)])
+        train.main([*TINY_ARGS, "--vocab_size", "280", "--max_train_steps", "1", "--output_dir", str(out)])
     assert files_of(out) == before
 
 
 def test_overwrite_replaces_every_file_of_the_earlier_run(tmp_path):
     out = tmp_path / "run"
-    train.main([*TINY, "--max_train_steps", "2", "--checkpointing_steps", "1", "--output_dir", str(out)])
+    train.main([*TINY_ARGS, "--max_train_steps", "2", "--checkpointing_steps", "1", "--output_dir", str(out)])
     (out / "notes.txt").write_text("mine")
     reset_accelerate()
-    train.main([*TINY, "--vocab_size", "280", "--max_train_steps", "1", "--overwrite_output_dir",
+    train.main([*TINY_ARGS, "--vocab_size", "280", "--max_train_steps", "1", "--overwrite_output_dir",
                 "--output_dir", str(out)])
     assert not (out / "checkpoints").exists()  # the earlier run's checkpoints are gone with it
     assert len(AutoTokenizer.from_pretrained(out)) == AutoConfig.from_pretrained(out).vocab_size == 280
-    assert json.loads((out / "training_summary.json").read_text())["optimizer_steps"] == 1
-    steps = [json.loads(line).get("step") for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert read_summary(out)["optimizer_steps"] == 1
+    steps = [record.get("step") for record in read_log(out)]
     assert max(step or 0 for step in steps) == 1  # the log holds this run only
     assert (out / "notes.txt").read_text() == "mine"  # files the script did not write stay
 
 
 def test_a_run_that_fails_leaves_no_tokenizer_beside_another_runs_model(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    train.main([*TINY, "--max_train_steps", "2", "--output_dir", str(out)])
+    train.main([*TINY_ARGS, "--max_train_steps", "2", "--output_dir", str(out)])
     reset_accelerate()
 
     def interrupted(*args, **kwargs):
@@ -90,7 +87,7 @@ def test_a_run_that_fails_leaves_no_tokenizer_beside_another_runs_model(tmp_path
 
     monkeypatch.setattr(train, "train_loop", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train.main([*TINY, "--vocab_size", "280", "--max_train_steps", "2", "--overwrite_output_dir",
+        train.main([*TINY_ARGS, "--vocab_size", "280", "--max_train_steps", "2", "--overwrite_output_dir",
                     "--output_dir", str(out)])
     left = {p.name for p in out.iterdir()}
     assert not left & {"model.safetensors", "config.json", "tokenizer.json", "training_summary.json"}, left
@@ -101,21 +98,17 @@ def test_a_run_that_fails_leaves_no_tokenizer_beside_another_runs_model(tmp_path
 @pytest.mark.slow
 def test_a_second_run_on_a_folder_in_use_is_refused_on_every_rank_and_a_killed_run_leaves_no_stuck_lock(tmp_path):
     out = tmp_path / "run"
-    env = subprocess_env(tmp_path)
-    first = subprocess.Popen([sys.executable, TRAIN, *TINY, "--max_train_steps", "100000", "--max_train_seconds",
-                              "200", "--output_dir", str(out)], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    first = subprocess.Popen([sys.executable, str(SCRIPTS / "train.py"), *TINY_ARGS, "--max_train_steps", "100000",
+                              "--max_train_seconds", "200", "--output_dir", str(out)], env=script_env(tmp_path),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 120
         while not ((out / ".train.lock").is_file() and (out / ".train.lock").read_text().startswith("pid")):
             assert first.poll() is None and time.time() < deadline, "the first run never took its lock"
             time.sleep(0.1)
         # The second run is launched as two processes: the main one finds the lock taken, and both must stop.
-        second = subprocess.run(
-            [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-             TRAIN, *TINY, "--vocab_size", "280", "--max_train_steps", "2", "--output_dir", str(out)],
-            env={**env, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True, timeout=300)
+        second = run_script(tmp_path, "train.py", *TINY_ARGS, "--vocab_size", "280", "--max_train_steps", "2",
+                            "--output_dir", str(out), launcher=TWO_CPU_PROCESSES, use_cpu=True, check=False)
         assert second.returncode != 0
         message = f"error: --output_dir '{out}' is in use by another training run (pid {first.pid} on "
         assert second.stderr.count(message) == 2, second.stderr[-3000:]  # one line from each rank
@@ -123,10 +116,9 @@ def test_a_second_run_on_a_folder_in_use_is_refused_on_every_rank_and_a_killed_r
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # no chance to release anything: the OS drops the lock
         first.wait()
-    third = subprocess.run([sys.executable, TRAIN, *TINY, "--max_train_steps", "2", "--overwrite_output_dir",
-                            "--output_dir", str(out)], env=env, capture_output=True, text=True, timeout=300)
-    assert third.returncode == 0, third.stderr[-3000:]
-    assert json.loads((out / "training_summary.json").read_text())["optimizer_steps"] == 2
+    run_script(tmp_path, "train.py", *TINY_ARGS, "--max_train_steps", "2", "--overwrite_output_dir",
+               "--output_dir", str(out))
+    assert read_summary(out)["optimizer_steps"] == 2
 
 
 # --- 3. checkpoints verified on resume -----------------------------------------------------------------------------
@@ -136,8 +128,9 @@ def checkpointed_run(tmp_path_factory) -> Path:
     """A finished 2-step run with checkpoint-1 and checkpoint-2."""
     tmp = tmp_path_factory.mktemp("checkpointed")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_DATASETS_CACHE", str(tmp / "datasets_cache"))
-        train.main([*TINY, "--max_train_steps", "2", "--checkpointing_steps", "1", "--output_dir", str(tmp / "run")])
+        use_private_datasets_cache(patch, tmp / "datasets_cache")
+        train.main([*TINY_ARGS, "--max_train_steps", "2", "--checkpointing_steps", "1",
+                    "--output_dir", str(tmp / "run")])
     reset_accelerate()
     return tmp / "run"
 
@@ -159,7 +152,7 @@ def test_a_truncated_checkpoint_file_is_named_before_any_work(checkpointed_run, 
     expected = (r"its manifest.json is unreadable" if name == "manifest.json" else
                 rf"{name} has \d+ bytes where \d+ were saved \(truncated or overwritten\)")
     with pytest.raises(ValueError, match=rf"--resume_from_checkpoint '.*checkpoint-2' cannot be resumed: {expected}"):
-        train.main([*TINY, "--max_train_steps", "3", "--resume_from_checkpoint",
+        train.main([*TINY_ARGS, "--max_train_steps", "3", "--resume_from_checkpoint",
                     str(run / "checkpoints" / "checkpoint-2"), "--output_dir", str(run)])
     assert not (run / "train_log.jsonl").read_text().count('"step": 3')  # nothing ran
 
@@ -171,18 +164,18 @@ def test_a_corrupted_checkpoint_file_of_the_right_size_is_caught_by_its_checksum
     data[len(data) // 2] ^= 0xFF
     file.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"optimizer.bin does not match the checksum it was saved with \(corrupted\)"):
-        train.main([*TINY, "--resume_from_checkpoint", str(run / "checkpoints" / "checkpoint-2"),
+        train.main([*TINY_ARGS, "--resume_from_checkpoint", str(run / "checkpoints" / "checkpoint-2"),
                     "--output_dir", str(run)])
 
 
 def test_latest_falls_back_to_the_last_intact_checkpoint_and_says_so(checkpointed_run, tmp_path, capsys):
     run = copy_of(checkpointed_run, tmp_path)
     (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").unlink()
-    train.main([*TINY, "--max_train_steps", "2", "--resume_from_checkpoint", "latest", "--output_dir", str(run)])
+    train.main([*TINY_ARGS, "--max_train_steps", "2", "--resume_from_checkpoint", "latest", "--output_dir", str(run)])
     err = capsys.readouterr().err
     assert (f"warning: --resume_from_checkpoint latest: skipped {run}/checkpoints/checkpoint-2 (trainer_state.json "
             f"is missing). Resuming from {run}/checkpoints/checkpoint-1 instead.") in err
-    assert json.loads((run / "training_summary.json").read_text())["optimizer_steps"] == 2
+    assert read_summary(run)["optimizer_steps"] == 2
 
 
 def test_latest_with_no_intact_checkpoint_lists_what_is_wrong_with_each(checkpointed_run, tmp_path):
@@ -192,7 +185,7 @@ def test_latest_with_no_intact_checkpoint_lists_what_is_wrong_with_each(checkpoi
     with pytest.raises(ValueError, match=r"no checkpoint in .* can be resumed: .*checkpoint-2 \(optimizer.bin is "
                                          r"missing\); .*checkpoint-1 \(it has no manifest.json, which is written "
                                          r"last: it was not saved completely\)"):
-        train.main([*TINY, "--resume_from_checkpoint", "latest", "--output_dir", str(run)])
+        train.main([*TINY_ARGS, "--resume_from_checkpoint", "latest", "--output_dir", str(run)])
 
 
 # --- 4. the model config is validated before any work --------------------------------------------------------------
@@ -219,7 +212,7 @@ def write_configs(tmp_path: Path):
 )
 def test_a_bad_model_config_is_refused_before_any_work(tmp_path, extra, message):
     write_configs(tmp_path)
-    argv = [*TINY, *[a.format(tmp=tmp_path) for a in extra], "--output_dir", str(tmp_path / "out")]
+    argv = [*TINY_ARGS, *[a.format(tmp=tmp_path) for a in extra], "--output_dir", str(tmp_path / "out")]
     with pytest.raises(ValueError, match=message):
         train.main(argv)
     assert not (tmp_path / "out").exists()
@@ -244,7 +237,7 @@ def test_a_bad_model_config_is_refused_before_any_work(tmp_path, extra, message)
     ],
 )
 def test_a_bad_argument_is_refused_before_any_work(tmp_path, extra, message):
-    argv = [*TINY, *[a.format(tmp=tmp_path) for a in extra], "--output_dir", str(tmp_path / "out")]
+    argv = [*TINY_ARGS, *[a.format(tmp=tmp_path) for a in extra], "--output_dir", str(tmp_path / "out")]
     with pytest.raises(ValueError, match=message):
         train.main(argv)
     assert not (tmp_path / "out").exists()
@@ -254,7 +247,7 @@ def test_a_tracker_that_is_not_installed_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(tracking, "get_available_trackers", lambda: [])  # as without wandb (and anything else)
     with pytest.raises(ValueError, match=r"--report_to wandb: the wandb package is not installed \(pip install "
                                          r"wandb\); installed trackers: none"):
-        train.main([*TINY, "--report_to", "wandb", "--output_dir", str(tmp_path / "out")])
+        train.main([*TINY_ARGS, "--report_to", "wandb", "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
 
@@ -265,17 +258,17 @@ def test_a_tracker_that_is_not_installed_is_refused(tmp_path, monkeypatch):
 def test_an_unreadable_data_file_is_named(tmp_path, name, content, message):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(ValueError, match=message):
-        train.main([*TINY, "--train_file", str(tmp_path / name), "--output_dir", str(tmp_path / "out")])
+        train.main([*TINY_ARGS, "--train_file", str(tmp_path / name), "--output_dir", str(tmp_path / "out")])
 
 
 # --- 6. evaluation with nothing to score ---------------------------------------------------------------------------
 
 def test_an_evaluation_that_scores_nothing_keeps_the_model_and_records_no_number(tmp_path):
     out = tmp_path / "mlm"
-    train.main([*TINY, "--task", "mlm", "--mlm_probability", "0.00001", "--per_device_eval_batch_size", "1",
+    train.main([*TINY_ARGS, "--task", "mlm", "--mlm_probability", "0.00001", "--per_device_eval_batch_size", "1",
                 "--max_train_steps", "2", "--output_dir", str(out)])
     assert (out / "model.safetensors").is_file()
-    summary = json.loads((out / "training_summary.json").read_text())  # strict JSON: no NaN or Infinity
+    summary = read_summary(out)  # strict JSON: no NaN or Infinity
     assert summary["final_eval"] == {"loss": None, "perplexity": None}
 
 
@@ -288,8 +281,7 @@ def test_an_evaluation_that_scores_nothing_keeps_the_model_and_records_no_number
                                    "staged_dir, expected"),
 ])
 def test_command_lines_print_an_error_line_without_a_traceback(tmp_path, script, args, message):
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *[a.format(tmp=tmp_path) for a in args]],
-                            env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=120)
+    result = run_script(tmp_path, script, *[a.format(tmp=tmp_path) for a in args], timeout=120, check=False)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == message and "Traceback" not in result.stderr
 
@@ -312,8 +304,6 @@ def test_script_arguments_are_checked_when_parsed(capsys, module, args, message)
 
 
 def test_show_model_refuses_a_folder_that_mixes_two_runs(tmp_path):
-    from .test_publish import edit_summary, training_output
-
     source = training_output(tmp_path / "run")
     edit_summary(source, data__tokenizer_size=4096)  # the tokenizer in the folder is not the one training used
     with pytest.raises(ValueError, match=r"mixes two runs: its tokenizer has \d+ tokens, the model's vocab_size is "

@@ -235,10 +235,9 @@ def test_subprocess_block_hides_the_package(tmp_path):
     # Control: the same interpreter, environment and directory import the package when it is not blocked ...
     find = "import importlib.util; print(importlib.util.find_spec('hf_minitransformer').origin)"
     visible = run_python(find, tmp_path, block_package=False)
-    assert visible.returncode == 0, visible.stderr
     assert visible.stdout.strip() == str(PACKAGE_DIR / "__init__.py")
     # ... and fail to when it is, so the remote-code tests below really run without it.
-    hidden = run_python("import hf_minitransformer", tmp_path)
+    hidden = run_python("import hf_minitransformer", tmp_path, check=False)
     assert hidden.returncode != 0
     assert "ModuleNotFoundError" in hidden.stderr and "hf_minitransformer" in hidden.stderr
 
@@ -285,8 +284,7 @@ def test_remote_code_round_trip_without_the_package(saved, tmp_path):
     inputs = example_inputs()
     torch.save(inputs, tmp_path / "inputs.pt")
     folders = {auto_name: str(folder) for auto_name, (folder, _, _) in saved.items()}
-    result = run_python(REMOTE_CODE_ROUND_TRIP, tmp_path, json.dumps(folders), str(tmp_path))
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_python(REMOTE_CODE_ROUND_TRIP, tmp_path, json.dumps(folders), str(tmp_path))
     results = torch.load(tmp_path / "results.pt")
     assert results.pop("loaded_packages") == []
 

@@ -366,7 +366,6 @@ for task in ("text2text-generation", "translation"):
 def test_pipelines_through_remote_code_without_the_package(reverser, tmp_path):
     _, _, folder = reverser
     result = run_python(PIPELINES_WITHOUT_THE_PACKAGE, tmp_path, str(folder))
-    assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines() == [
         "text2text-generation transformers_modules [{'generated_text': 'hsif'}]",
         "translation transformers_modules [{'translation_text': 'hsif'}]",

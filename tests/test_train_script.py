@@ -1,43 +1,33 @@
 """scripts/train.py and scripts/show_model.py: a CPU smoke run, overfitting one batch, and the input errors; for the
-seq2seq task also the embedded docstring pairs, custom columns, exact resume and a two-process evaluation.
+seq2seq task also the embedded docstring and date tasks, custom columns, exact resume and a two-process evaluation.
 
 The smoke runs launch real subprocesses (marked slow); the rest calls `train.main(argv)` in this process on a tiny
 config (hidden 32, 2 layers) and a small slice of the embedded corpus.
 """
 
-import ast
-import inspect
-import json
 import math
-import os
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-import hf_minitransformer  # noqa: F401  (Auto class registration)
-from hf_minitransformer.data import (
-    Seq2SeqDataArgs,
-    describe_pairs,
-    function_pairs,
-    load_seq2seq_datasets,
-    train_bpe_tokenizer,
+from hf_minitransformer.data import Seq2SeqDataArgs, load_seq2seq_datasets, train_bpe_tokenizer
+
+from .conftest import (
+    TINY_ARGS,
+    TWO_CPU_PROCESSES,
+    load_script,
+    make_config,
+    read_log,
+    read_summary,
+    reset_accelerate,
+    run_script,
 )
 
-from .conftest import load_script
 
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--model_config", "tiny", "--config_overrides",
-        "hidden_size=32,intermediate_size=64,num_attention_heads=2,hidden_dropout_prob=0.0",
-        "--vocab_size", "300", "--block_size", "32", "--max_corpus_bytes", "60000", "--report_to", "none"]
 SENTENCE = "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat by the door.\n"
 
 
@@ -48,33 +38,21 @@ train = load_script("train")
 pytestmark = pytest.mark.usefixtures("isolated_train_runs")
 
 
-def subprocess_env(tmp_path: Path) -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "datasets_cache"),
-            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-
-
-def run_script(tmp_path: Path, script: str, *args: str) -> str:
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], env=subprocess_env(tmp_path),
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
-
-
 @pytest.mark.slow
 def test_causal_smoke_run_saves_a_model_that_loads_back(tmp_path):
     out = tmp_path / "run"
-    run_script(tmp_path, "train.py", *TINY, "--max_train_steps", "6", "--per_device_train_batch_size", "4",
+    run_script(tmp_path, "train.py", *TINY_ARGS, "--max_train_steps", "6", "--per_device_train_batch_size", "4",
                "--logging_steps", "2", "--output_dir", str(out))
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "train_log.jsonl",
                  "modeling_minitransformer.py"):
         assert (out / name).is_file(), name
-    summary = json.loads((out / "training_summary.json").read_text())
+    summary = read_summary(out)
     assert summary["optimizer_steps"] == 6
     assert summary["tokens_seen"] == 6 * 4 * 32
     assert math.isfinite(summary["final_eval"]["perplexity"])
     assert summary["final_eval"]["perplexity"] == pytest.approx(math.exp(summary["final_eval"]["loss"]))
     assert summary["data"]["source"].startswith("python-stdlib-source")
-    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    records = read_log(out)
     train_records = [r for r in records if "loss" in r]
     assert [r["step"] for r in train_records] == [2, 4, 6]
     assert all({"lr", "tokens_per_s", "grad_norm"} <= r.keys() for r in train_records)
@@ -86,7 +64,7 @@ def test_causal_smoke_run_saves_a_model_that_loads_back(tmp_path):
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
 
     # A fresh process rebuilds the validation split and must find the perplexity recorded by training.
-    shown = run_script(tmp_path, "show_model.py", str(out), "--max_new_tokens", "5")
+    shown = run_script(tmp_path, "show_model.py", str(out), "--max_new_tokens", "5").stdout
     assert f"perplexity {summary['final_eval']['perplexity']:.2f} (recorded" in shown
     assert "Sample (prompt 'def '):" in shown
 
@@ -94,25 +72,25 @@ def test_causal_smoke_run_saves_a_model_that_loads_back(tmp_path):
 @pytest.mark.slow
 def test_masked_lm_smoke_run(tmp_path):
     out = tmp_path / "mlm"
-    run_script(tmp_path, "train.py", *TINY, "--task", "mlm", "--max_train_steps", "3",
+    run_script(tmp_path, "train.py", *TINY_ARGS, "--task", "mlm", "--max_train_steps", "3",
                "--per_device_train_batch_size", "4", "--output_dir", str(out))
     model = AutoModelForMaskedLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert type(model).__name__ == "MiniTransformerForMaskedLM"
     assert not model.config.is_decoder
     assert tokenizer.mask_token == "<mask>"
-    assert math.isfinite(json.loads((out / "training_summary.json").read_text())["final_eval"]["loss"])
+    assert math.isfinite(read_summary(out)["final_eval"]["loss"])
 
 
 def test_overfits_one_batch(tmp_path):
     """One block, seen over and over: the loop (accumulate, clip, schedule) must drive its loss to about zero."""
     data = tmp_path / "one_block.txt"
     data.write_text(SENTENCE)
-    argv = [*TINY, "--train_file", str(data), "--validation_file", str(data), "--block_size", "32",
+    argv = [*TINY_ARGS, "--train_file", str(data), "--validation_file", str(data), "--block_size", "32",
             "--max_train_steps", "100", "--learning_rate", "1e-2", "--num_warmup_steps", "5",
             "--gradient_accumulation_steps", "2", "--output_dir", str(tmp_path / "run")]
     model = train.main(argv)
-    summary = json.loads((tmp_path / "run" / "training_summary.json").read_text())
+    summary = read_summary(tmp_path / "run")
     assert summary["data"]["train_blocks"] == 1
     assert summary["final_eval"]["loss"] < 0.1, summary["final_eval"]
     assert summary["final_eval"]["perplexity"] < 1.11
@@ -138,9 +116,9 @@ def test_trains_on_each_local_file_type(tmp_path, suffix):
     rows = [f"{i}: {SENTENCE.strip()} Line {i * 7 % 13} of the file." for i in range(200)]
     write_data(tmp_path / f"train{suffix}", rows)
     out = tmp_path / "run"
-    train.main([*TINY, "--train_file", str(tmp_path / f"train{suffix}"), "--max_train_steps", "2",
+    train.main([*TINY_ARGS, "--train_file", str(tmp_path / f"train{suffix}"), "--max_train_steps", "2",
                 "--output_dir", str(out)])
-    summary = json.loads((out / "training_summary.json").read_text())
+    summary = read_summary(out)
     assert summary["data"]["source"] == f"local file train{suffix}"  # portable: no local path
     assert summary["data"]["train_blocks"] > 10 * summary["data"]["validation_blocks"] > 0  # 5 % held out
     assert summary["optimizer_steps"] == 2
@@ -152,16 +130,17 @@ def test_dataset_name_loads_a_dataset_folder(tmp_path):
     write_data(tmp_path / "corpus" / "train.jsonl", [f"{i} {SENTENCE}" for i in range(100)])
     write_data(tmp_path / "corpus" / "validation.jsonl", [f"{SENTENCE} {i}" for i in range(20)])
     out = tmp_path / "run"
-    train.main([*TINY, "--dataset_name", str(tmp_path / "corpus"), "--max_train_steps", "2", "--output_dir", str(out)])
-    summary = json.loads((out / "training_summary.json").read_text())
+    train.main([*TINY_ARGS, "--dataset_name", str(tmp_path / "corpus"), "--max_train_steps", "2",
+                "--output_dir", str(out)])
+    summary = read_summary(out)
     assert summary["data"]["source"] == "local dataset folder corpus"
     assert summary["data"]["validation_blocks"] > 0
 
 
 def test_max_train_seconds_stops_early_then_evaluates_and_saves(tmp_path):
     out = tmp_path / "run"
-    train.main([*TINY, "--max_train_steps", "100000", "--max_train_seconds", "1", "--output_dir", str(out)])
-    summary = json.loads((out / "training_summary.json").read_text())
+    train.main([*TINY_ARGS, "--max_train_steps", "100000", "--max_train_seconds", "1", "--output_dir", str(out)])
+    summary = read_summary(out)
     assert summary["stopped_early"]
     assert 0 < summary["optimizer_steps"] < summary["planned_optimizer_steps"] == 100000
     assert math.isfinite(summary["final_eval"]["loss"])
@@ -195,7 +174,7 @@ def test_bad_input_is_a_value_error_before_any_work(tmp_path, extra, message):
     (tmp_path / "data.xml").write_text("<text>hello</text>")
     (tmp_path / "data.txt").write_text(SENTENCE)
     (tmp_path / "data.csv").write_text("text\nhello\n")
-    argv = [*TINY, *[a.format(tmp=tmp_path) for a in extra], "--output_dir", str(tmp_path / "out")]
+    argv = [*TINY_ARGS, *[a.format(tmp=tmp_path) for a in extra], "--output_dir", str(tmp_path / "out")]
     with pytest.raises(ValueError, match=message):
         train.main(argv)
     assert not (tmp_path / "out").exists()  # refused before creating anything
@@ -204,12 +183,12 @@ def test_bad_input_is_a_value_error_before_any_work(tmp_path, extra, message):
 def test_tokenizer_larger_than_model_vocabulary_is_refused(tmp_path):
     tokenizer = train_bpe_tokenizer(iter([[SENTENCE * 20]]), vocab_size=300, with_mask_token=False)
     tokenizer.save_pretrained(tmp_path / "tokenizer")
-    config = hf_minitransformer.MiniTransformerConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
-                                                      num_attention_heads=2, intermediate_size=64)
+    config = make_config(vocab_size=100, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     config.to_json_file(tmp_path / "config.json")
     (tmp_path / "data.txt").write_text(SENTENCE * 20)
     argv = ["--model_config", str(tmp_path / "config.json"), "--tokenizer_name", str(tmp_path / "tokenizer"),
-            "--train_file", str(tmp_path / "data.txt"), "--report_to", "none", "--output_dir", str(tmp_path / "out")]
+            "--train_file", str(tmp_path / "data.txt"), "--block_size", "32", "--report_to", "none",
+            "--output_dir", str(tmp_path / "out")]
     with pytest.raises(ValueError, match=rf"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is 100"):
         train.main(argv)
 
@@ -218,7 +197,7 @@ def test_masked_lm_needs_a_mask_token(tmp_path):
     tokenizer = train_bpe_tokenizer(iter([[SENTENCE * 20]]), vocab_size=300, with_mask_token=False)
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     (tmp_path / "data.txt").write_text(SENTENCE * 20)
-    argv = [*TINY, "--task", "mlm", "--tokenizer_name", str(tmp_path / "tokenizer"), "--train_file",
+    argv = [*TINY_ARGS, "--task", "mlm", "--tokenizer_name", str(tmp_path / "tokenizer"), "--train_file",
             str(tmp_path / "data.txt"), "--output_dir", str(tmp_path / "out")]
     with pytest.raises(ValueError, match="has no mask token"):
         train.main(argv)
@@ -228,7 +207,7 @@ def test_fp16_on_cpu_is_refused(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("fp16 is valid on a GPU")
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
-        train.main([*TINY, "--mixed_precision", "fp16", "--output_dir", str(tmp_path / "out")])
+        train.main([*TINY_ARGS, "--mixed_precision", "fp16", "--output_dir", str(tmp_path / "out")])
 
 
 @pytest.mark.gpu
@@ -236,9 +215,9 @@ def test_fp16_on_cpu_is_refused(tmp_path):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_run_on_gpu(tmp_path, precision):
     out = tmp_path / "run"
-    run_script(tmp_path, "train.py", *TINY, "--mixed_precision", precision, "--max_train_steps", "5",
+    run_script(tmp_path, "train.py", *TINY_ARGS, "--mixed_precision", precision, "--max_train_steps", "5",
                "--output_dir", str(out))
-    summary = json.loads((out / "training_summary.json").read_text())
+    summary = read_summary(out)
     assert summary["mixed_precision"] == precision
     assert math.isfinite(summary["final_eval"]["loss"])
     # Weights stay float32 under autocast, so the saved model is float32 too.
@@ -251,87 +230,12 @@ SEQ2SEQ = ["--task", "seq2seq", "--max_corpus_bytes", "200000", "--max_source_le
            "--max_target_length", "16"]
 
 
-def pairs_of(module) -> dict[str, dict]:
-    return {pair["function"]: pair for pair in function_pairs(Path(module.__file__).read_text(), module.__name__)}
-
-
-def test_docstring_pairs_of_known_stdlib_functions():
-    pairs = pairs_of(shlex)
-    quote = pairs["quote"]
-    assert quote["target"] == inspect.getdoc(shlex.quote).splitlines()[0] == (
-        "Return a shell-escaped version of the string *s*.")
-    assert quote["source"].startswith("def quote(s):\n    if not s:\n")
-    assert quote["module"] == "shlex"
-    # A method comes dedented, without its docstring, and parses on its own.
-    get_token = pairs["get_token"]
-    assert get_token["target"] == inspect.getdoc(shlex.shlex.get_token).splitlines()[0]
-    assert get_token["source"].startswith("def get_token(self):\n")
-    assert ast.get_docstring(ast.parse(get_token["source"]).body[0]) is None
-    for pair in pairs.values():
-        assert '"""' not in pair["source"], pair["function"]
-
-
-def test_function_pairs_cut_the_docstring_and_skip_empty_bodies():
-    code = '''
-class Box:
-    @property
-    def size(self):
-        """
-        The size of the box.
-
-        More text that must not stay in the source.
-        """
-        return self._size  # trailing comment
-
-    async def fetch(self):
-        \'\'\'Fetch it.\'\'\'  # a comment on the docstring line
-        return await self._get()
-
-    def stub(self):
-        """Only a stub."""
-        ...
-
-    def abstract(self):
-        """Only a pass."""
-        pass
-
-    def no_doc(self):
-        return 1
-
-    def empty_doc(self):
-        """"""
-        return 2
-
-def one_liner(): "Shares its line."; return 3
-'''
-    pairs = {pair["function"]: pair for pair in function_pairs(code, "box")}
-    assert set(pairs) == {"size", "fetch"}
-    # The segment ends where the last statement does, as ast.get_source_segment: a trailing comment goes.
-    assert pairs["size"] == {"source": "def size(self):\n    return self._size",
-                             "target": "The size of the box.", "module": "box", "function": "size"}
-    assert pairs["fetch"]["source"] == "async def fetch(self):\n    return await self._get()"
-    assert pairs["fetch"]["target"] == "Fetch it."
-
-
-def test_embedded_task_holds_out_whole_modules():
-    raw = load_seq2seq_datasets(Seq2SeqDataArgs())
-    train_modules, validation_modules = set(raw["train"]["module"]), set(raw["validation"]["module"])
-    assert train_modules and validation_modules and not train_modules & validation_modules
-    pairs = [(row["source"], row["target"]) for split in raw.values() for row in split]
-    assert len(pairs) == len(set(pairs)) > 2000  # no duplicates; about 2800 in CPython 3.11
-    described = describe_pairs(raw)
-    assert described["validation_pairs"] == len(raw["validation"]) > 100
-    assert described["validation_modules"] == len(validation_modules)
-    assert described["validation_module_names"] == sorted(validation_modules)
-    assert all(row["target"] and row["target"] == row["target"].strip() for row in raw["train"])
-
-
 @pytest.mark.slow
 def test_seq2seq_smoke_run_saves_a_model_that_loads_back(tmp_path):
     out = tmp_path / "seq2seq"
-    run_script(tmp_path, "train.py", *TINY, *SEQ2SEQ, "--max_train_steps", "4", "--per_device_train_batch_size", "4",
-               "--eval_steps", "2", "--output_dir", str(out))
-    summary = json.loads((out / "training_summary.json").read_text())
+    run_script(tmp_path, "train.py", *TINY_ARGS, *SEQ2SEQ, "--max_train_steps", "4", "--per_device_train_batch_size",
+               "4", "--eval_steps", "2", "--output_dir", str(out))
+    summary = read_summary(out)
     metrics = summary["final_eval"]
     assert summary["task"] == "seq2seq" and summary["optimizer_steps"] == 4
     assert {"loss", "perplexity", "bleu", "chrf", "exact_match"} <= metrics.keys()
@@ -341,7 +245,7 @@ def test_seq2seq_smoke_run_saves_a_model_that_loads_back(tmp_path):
     assert summary["data"]["train_pairs"] > summary["data"]["validation_pairs"] > 0
     assert summary["generation"]["samples"] == summary["data"]["validation_pairs"]  # fewer than 200
     assert {"prediction", "bleu", "chrf", "exact_match"} <= summary["baselines"]["most_frequent_target"].keys()
-    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    records = read_log(out)
     assert [r["step"] for r in records if "eval_bleu" in r] == [2, 4]
 
     model = AutoModelForSeq2SeqLM.from_pretrained(out)
@@ -351,7 +255,7 @@ def test_seq2seq_smoke_run_saves_a_model_that_loads_back(tmp_path):
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
     assert model.generation_config.max_new_tokens == 16
 
-    shown = run_script(tmp_path, "show_model.py", str(out), "--num_examples", "2")
+    shown = run_script(tmp_path, "show_model.py", str(out), "--num_examples", "2").stdout
     assert f"perplexity {metrics['perplexity']:.2f} (recorded" in shown
     assert shown.count("greedy:") == shown.count("beam 4:") == 2
 
@@ -366,9 +270,9 @@ def test_seq2seq_reads_named_columns_of_a_file(tmp_path, suffix):
     sources = [f"def f{i}(x):\n    return x * {i}\n" for i in range(60)]
     write_pairs(tmp_path / f"pairs{suffix}", sources, [f"Multiply x by {i}." for i in range(60)])
     out = tmp_path / "run"
-    train.main([*TINY, "--task", "seq2seq", "--train_file", str(tmp_path / f"pairs{suffix}"), "--source_column",
+    train.main([*TINY_ARGS, "--task", "seq2seq", "--train_file", str(tmp_path / f"pairs{suffix}"), "--source_column",
                 "code", "--target_column", "summary", "--max_train_steps", "2", "--output_dir", str(out)])
-    summary = json.loads((out / "training_summary.json").read_text())
+    summary = read_summary(out)
     assert (summary["data"]["train_pairs"], summary["data"]["validation_pairs"]) == (57, 3)  # the last 5 %
     assert summary["generation"]["samples"] == 3
     assert {"loss", "bleu", "chrf", "exact_match"} <= summary["final_eval"].keys()
@@ -376,8 +280,8 @@ def test_seq2seq_reads_named_columns_of_a_file(tmp_path, suffix):
 
 def test_seq2seq_missing_column_is_a_value_error(tmp_path):
     write_pairs(tmp_path / "pairs.jsonl", ["def f(): return 1"] * 20, ["One."] * 20)
-    argv = [*TINY, "--task", "seq2seq", "--train_file", str(tmp_path / "pairs.jsonl"), "--target_column", "summary",
-            "--output_dir", str(tmp_path / "out")]
+    argv = [*TINY_ARGS, "--task", "seq2seq", "--train_file", str(tmp_path / "pairs.jsonl"), "--target_column",
+            "summary", "--output_dir", str(tmp_path / "out")]
     with pytest.raises(ValueError, match=r"has no column 'source'; its columns are \['code', 'summary'\]. Pick "
                                          r"one with --source_column"):
         train.main(argv)
@@ -390,10 +294,10 @@ def test_seq2seq_overfits_a_few_pairs(tmp_path):
     targets = ["Return the sum of a and b.", "Negate x.", "Return the first item.", "Whether s is empty."]
     write_pairs(tmp_path / "pairs.jsonl", sources, targets, columns=("source", "target"))
     data = str(tmp_path / "pairs.jsonl")
-    train.main([*TINY, "--task", "seq2seq", "--train_file", data, "--validation_file", data, "--max_train_steps",
+    train.main([*TINY_ARGS, "--task", "seq2seq", "--train_file", data, "--validation_file", data, "--max_train_steps",
                 "100", "--learning_rate", "1e-2", "--num_warmup_steps", "5", "--per_device_train_batch_size", "2",
                 "--gradient_accumulation_steps", "2", "--output_dir", str(tmp_path / "run")])
-    summary = json.loads((tmp_path / "run" / "training_summary.json").read_text())
+    summary = read_summary(tmp_path / "run")
     assert summary["final_eval"]["exact_match"] == 1.0, summary["generation"]["examples"]
     assert summary["final_eval"]["bleu"] == pytest.approx(100.0)
     assert summary["final_eval"]["loss"] < 0.1
@@ -401,20 +305,30 @@ def test_seq2seq_overfits_a_few_pairs(tmp_path):
 
 def test_seq2seq_resumes_exactly(tmp_path):
     """6 steps straight equal 3 steps, a checkpoint, and 3 more after resuming from it."""
-    common = [*TINY, *SEQ2SEQ, "--max_train_steps", "6", "--per_device_train_batch_size", "4",
+    common = [*TINY_ARGS, *SEQ2SEQ, "--max_train_steps", "6", "--per_device_train_batch_size", "4",
               "--gradient_accumulation_steps", "2", "--num_warmup_steps", "2", "--checkpointing_steps", "3"]
     straight = tmp_path / "straight"
     train.main([*common, "--output_dir", str(straight)])
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
     resumed = tmp_path / "resumed"
     train.main([*common, "--resume_from_checkpoint", str(straight / "checkpoints" / "checkpoint-3"),
                 "--output_dir", str(resumed)])
-    summaries = [json.loads((d / "training_summary.json").read_text()) for d in (straight, resumed)]
+    summaries = [read_summary(d) for d in (straight, resumed)]
     assert summaries[0]["final_eval"] == summaries[1]["final_eval"]
     assert summaries[0]["tokens_seen"] == summaries[1]["tokens_seen"]
     weights = [load_file(str(d / "model.safetensors")) for d in (straight, resumed)]
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def test_train_script_runs_the_date_task(tmp_path):
+    out = tmp_path / "dates"
+    train.main([*TINY_ARGS, "--task", "seq2seq", "--embedded_task", "dates", "--max_train_steps", "3",
+                "--max_eval_generate_samples", "4", "--output_dir", str(out)])
+    summary = read_summary(out)
+    assert summary["data"]["source"].startswith("dates-to-iso8601: 20000 training dates of 90 years in 19 formats")
+    assert (summary["data"]["train_pairs"], summary["data"]["validation_pairs"]) == (20_000, 1_000)
+    assert summary["generation"]["samples"] == 4
+    assert AutoTokenizer.from_pretrained(out).tokenize("2066-11-25") == list("2066-11-25")  # digits split
 
 
 @pytest.mark.slow
@@ -422,15 +336,10 @@ def test_seq2seq_generation_metrics_gather_each_pair_once_over_two_processes(tmp
     """5 pairs in batches of 2 over 2 processes: accelerate repeats one to even out the batches, and the gather must
     drop it, keeping the dataset order."""
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-               str(ROOT / "scripts" / "train.py"), *TINY, *SEQ2SEQ, "--max_target_length", "128",
-               "--max_train_steps", "2", "--per_device_eval_batch_size", "2", "--max_eval_generate_samples", "5",
-               "--output_dir", str(out)]
-    env = {**subprocess_env(tmp_path), "ACCELERATE_USE_CPU": "true"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = json.loads((out / "training_summary.json").read_text())
+    run_script(tmp_path, "train.py", *TINY_ARGS, *SEQ2SEQ, "--max_target_length", "128", "--max_train_steps", "2",
+               "--per_device_eval_batch_size", "2", "--max_eval_generate_samples", "5", "--output_dir", str(out),
+               launcher=TWO_CPU_PROCESSES, use_cpu=True)
+    summary = read_summary(out)
     assert summary["num_processes"] == 2 and summary["generation"]["samples"] == 5
     targets = load_seq2seq_datasets(Seq2SeqDataArgs(max_corpus_bytes=200000))["validation"]["target"][:5]
     assert [example["reference"] for example in summary["generation"]["examples"]] == list(targets)

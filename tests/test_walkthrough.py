@@ -6,7 +6,6 @@ renders.
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from hf_minitransformer import (
 from hf_minitransformer.data import train_bpe_tokenizer
 from hf_minitransformer.walkthrough import top_predictions, trace
 
-from .conftest import load_script, make_config, run_python
+from .conftest import load_script, make_config, run_command, run_python
 
 
 TEXTS = ["March 14th, 1987", "1987-03-14", "the cat sat on the mat", "def add(a, b): return a + b"]
@@ -204,7 +203,6 @@ def test_bad_input_is_a_value_error(tokenizer):
 
 
 REMOTE_CODE_TRACE = """
-import sys
 import torch
 import transformers
 
@@ -227,8 +225,7 @@ def test_a_model_loaded_through_remote_code_traces_the_same(tokenizer, tmp_path)
     model = build("seq2seq", tokenizer)
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    result = run_python(REMOTE_CODE_TRACE, tmp_path, str(tmp_path / "model"), block_package=False)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_python(REMOTE_CODE_TRACE, tmp_path, str(tmp_path / "model"), block_package=False)
     traced = torch.load(tmp_path / "model" / "traced.pt")
     assert traced["module"].startswith("transformers_modules.") and traced["implementation"] == "sdpa"
     local = trace(model, tokenizer, "March 14th, 1987", "1987-03-14")
@@ -323,14 +320,12 @@ def test_inspect_page_renders_in_a_real_browser(inspected):
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  f"--user-data-dir={profile}/user-data", "--virtual-time-budget=5000"]
-        result = subprocess.run([CHROMIUM, *flags, "--dump-dom", probed.as_uri()], capture_output=True, text=True,
-                                timeout=120, env={**os.environ, "HOME": profile})
-        assert result.returncode == 0, result.stderr[-2000:]
+        env = {**os.environ, "HOME": profile}
+        result = run_command([CHROMIUM, *flags, "--dump-dom", probed.as_uri()], env, timeout=120)
         found = re.search(r'data-images="(\d+)/(\d+)"', result.stdout)
         assert found, result.stdout[:500] + result.stderr[-2000:]
         assert found.group(1) == found.group(2) == "7"  # every figure decoded
         shot = out.parent / "screenshot.png"  # beside the folder whose file list another test checks
-        result = subprocess.run([CHROMIUM, *flags, "--window-size=1400,2400", f"--screenshot={shot}",
-                                 (out / "walkthrough.html").as_uri()], capture_output=True, text=True, timeout=120,
-                                env={**os.environ, "HOME": profile})
-        assert result.returncode == 0 and shot.stat().st_size > 10000, result.stderr[-2000:]
+        result = run_command([CHROMIUM, *flags, "--window-size=1400,2400", f"--screenshot={shot}",
+                              (out / "walkthrough.html").as_uri()], env, timeout=120)
+        assert shot.stat().st_size > 10000, result.stderr[-2000:]

@@ -19,10 +19,14 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from hf_minitransformer import MiniTransformerConfig, MiniTransformerForCausalLM, modeling_minitransformer
+from hf_minitransformer import MiniTransformerForCausalLM, modeling_minitransformer
 
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # a launched script: the tests' package is importable only from the checkout
+from tests.conftest import make_config  # noqa: E402
+
+
 STEPS, BATCH_PER_RANK, SEQ = 3, 2, 16
 
 
@@ -38,8 +42,7 @@ def main():
     layer_class = getattr(modeling_minitransformer, fsdp_config["fsdp_transformer_layer_cls_to_wrap"])
 
     torch.manual_seed(0)  # the same initial weights on every rank
-    config = MiniTransformerConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                   intermediate_size=64, hidden_dropout_prob=0.0, is_decoder=True)
+    config = make_config(intermediate_size=64, is_decoder=True)
     reference = MiniTransformerForCausalLM(config)
     model = copy.deepcopy(reference)
     layers = [module for module in model.modules() if isinstance(module, layer_class)]

@@ -4,7 +4,6 @@ Launched by tests/test_distributed.py through `accelerate launch`, so that the t
 with each other and with a single-process run (save_pretrained writes the main process's copy only).
 """
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -12,13 +11,13 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
+# A launched script: the tests' package is importable only from the checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.conftest import load_script  # noqa: E402
 
 
 def main():
-    spec = importlib.util.spec_from_file_location("train_script", SCRIPT)
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = load_script("train")
     argv = sys.argv[1:]
     model = train.main(argv)
     output_dir = Path(argv[argv.index("--output_dir") + 1])
