@@ -97,6 +97,8 @@ def train(args: argparse.Namespace, task: Task, accelerator: Accelerator, base_c
     set_seed(args.seed)  # before the model is built, so the seed also fixes the initial weights
     model = build_model(args, task, data.config)
     train_dataloader, evaluator = task.dataloaders(args, data.processed, data.tokenizer, model)
+    if accelerator.is_fsdp2:
+        share_tied_embedding_module(model)
     optimizer = build_optimizer(model, args)
     # Before `prepare` the per-process length is an estimate; it is recomputed from the sharded loader below.
     total_steps, _ = count_steps(args, math.ceil(len(train_dataloader) / accelerator.num_processes))
@@ -247,6 +249,18 @@ def build_model(args: argparse.Namespace, task: Task, config: MiniTransformerCon
     if args.init_from:
         return task.auto_class.from_pretrained(args.init_from, config=config)
     return task.model_class(config)
+
+
+def share_tied_embedding_module(model: torch.nn.Module):
+    """Under FSDP2, make the tied source and target embeddings one module, as they are one matrix.
+
+    FSDP2 refuses a parameter that two of its groups manage. accelerate puts the input and output embeddings
+    (tied) in one group, but an encoder-decoder holds the same matrix in a third module, the decoder's token
+    embeddings, which would fall to the root group. `set_input_embeddings` gives the decoder the encoder's module
+    itself when the embeddings are tied (a no-op for one stack, or untied ones): the weights, the state dict's keys
+    and the computation stay the same.
+    """
+    model.set_input_embeddings(model.get_input_embeddings())
 
 
 def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:

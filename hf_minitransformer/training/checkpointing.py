@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedTokenizerBase
 
 from ..atomic_files import write_text_atomically
@@ -152,9 +153,16 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: PreT
                output_dir: str, max_new_tokens: int | None = None):
     """Safetensors weights, config (with auto_map and code), generation config and tokenizer, as `save_pretrained`
     writes them. An encoder-decoder's generation config gets `max_new_tokens`, the length it was trained to."""
-    # Under FSDP this gathers the full state dict; every rank takes part.
+    # Under FSDP this gathers the full state dict (onto the main process); every rank takes part.
     state_dict = accelerator.get_state_dict(model)
     unwrapped = accelerator.unwrap_model(model)
+    if isinstance(unwrapped, FSDPModule):
+        unwrapped = unsharded_twin(unwrapped)
+        # The gather gives each tied weight a tensor of its own: point every tied key at its source again, so that
+        # save_pretrained drops the copies (it finds ties by shared storage) as it does for an unsharded model.
+        for target, source in unwrapped.all_tied_weights_keys.items():
+            if target in state_dict and source in state_dict:
+                state_dict[target] = state_dict[source]
     if unwrapped.can_generate():
         generation_config = unwrapped.generation_config
         generation_config.pad_token_id = tokenizer.pad_token_id
@@ -169,3 +177,18 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: PreT
     if accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)
     accelerator.wait_for_everyone()
+
+
+def unsharded_twin(model: FSDPModule) -> torch.nn.Module:
+    """The FSDP2 `model` as `save_pretrained` must see it: a twin of its own class, on the meta device.
+
+    FSDP2 turns the model into an instance of a class it generates, FSDP<Name>(FSDPModule, <Name>), defined in a
+    torch module: `save_pretrained` would write that module into `auto_map` and copy torch's files as the model's
+    code, so the folder would not load with trust_remote_code. The twin shares the config and generation config,
+    holds no memory, and is saved with the gathered state dict.
+    """
+    model_class = next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
+    with torch.device("meta"):
+        twin = model_class(model.config)
+    twin.generation_config = model.generation_config
+    return twin

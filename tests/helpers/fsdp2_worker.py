@@ -1,84 +1,119 @@
-"""FSDP2 on CPU/gloo: shard each MiniTransformer layer, train, gather a full state dict, save_pretrained, reload.
+"""Run scripts/train.py's own `main` under accelerate's FSDP2 on CPU, run after run, and record each rank's view.
 
-    ACCELERATE_USE_CPU=true torchrun --standalone --nproc_per_node 2 tests/helpers/fsdp2_worker.py OUT_DIR
+    ACCELERATE_USE_CPU=true accelerate launch --config_file configs/accelerate/fsdp_8gpu.yaml --num_processes 2 \
+        --mixed_precision no --main_process_port 0 tests/helpers/fsdp2_worker.py PLAN.json
 
-accelerate's FSDP plugin falls back to DDP on CPU (../shared/DISTRIBUTED.md), so this drives torch's `fully_shard`
-directly, wrapping the layer class that configs/accelerate/fsdp_8gpu.yaml names. Every rank also trains an unsharded
-copy on the global batch as the reference. Rank 0 writes `OUT_DIR/result.json` with the measured differences.
+PLAN.json is a list of argument lists, each one `train.main(argv)`. After each run, every rank writes into the run's
+--output_dir `rank<R>.safetensors` (its local shard of each parameter, or the whole tensor where the parameter is
+not sharded at the end) and `rank<R>.json` (the distributed type, the sharded parameters' names, and the metrics
+`TrainingMetrics.log` returned on this rank: only the main process writes them to the log file). The test
+reassembles the shards and compares them with what the run saved.
 """
 
-import copy
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
-import yaml
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.fsdp import fully_shard
+from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.utils import DistributedType
+from safetensors.torch import save_file
 from torch.distributed.tensor import DTensor
 
-from hf_minitransformer import MiniTransformerForCausalLM, modeling_minitransformer
+from hf_minitransformer.training.tracking import TrainingMetrics
 
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # a launched script: the tests' package is importable only from the checkout
-from tests.conftest import make_config  # noqa: E402
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
 
 
-STEPS, BATCH_PER_RANK, SEQ = 3, 2, 16
+def let_accelerate_run_fsdp_on_cpu():
+    """The one change to the production path, made here only: accelerate takes its FSDP path on CPU.
+
+    `accelerate launch --config_file configs/accelerate/fsdp_8gpu.yaml` hands the config to each worker as
+    ACCELERATE_USE_FSDP and FSDP_* variables, from which `Accelerator` builds its FullyShardedDataParallelPlugin. But
+    `AcceleratorState` switches to DistributedType.FSDP only for GPU-like distributed types (accelerate/state.py,
+    `AcceleratorState.__init__`): with ACCELERATE_USE_CPU it stays MULTI_CPU and the run is plain DDP. FSDP2 itself
+    (fully_shard, DTensor, torch.distributed.checkpoint) works on CPU with gloo, so once the state is built this makes
+    the switch accelerate makes on GPUs, and the rest runs unchanged: accelerate's FSDP2 `prepare`, clip_grad_norm_
+    on DTensors, sharded save_state/load_state, the gathering get_state_dict.
+    """
+    original_init = AcceleratorState.__init__
+
+    def init(self, *args, fsdp_plugin=None, **kwargs):
+        original_init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP
+            if self._mixed_precision != "no":
+                fsdp_plugin.set_mixed_precision(self._mixed_precision)
+            self.fsdp_plugin = fsdp_plugin
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+    AcceleratorState.__init__ = init
 
 
-def max_difference(first: dict, second: dict) -> float:
-    return max((first[name].float() - second[name].float()).abs().max().item() for name in first)
+def keep_one_process_group_for_all_runs():
+    """`end_training` destroys the process group, and the next run's `Accelerator` would create a new one. In the
+    same processes that can hang: the launcher's store still holds the first group's rendezvous keys. So the runs
+    share the first group (as accelerate does for processes its notebook launcher forks), closed at the end."""
+    PartialState.destroy_process_group = lambda self, group=None: None
+
+
+def record_logged_metrics() -> list[dict]:
+    """Collects what `TrainingMetrics.log` returns on this rank (it still logs as before)."""
+    logged = []
+    original_log = TrainingMetrics.log
+
+    def log(self, *args, **kwargs):
+        logged.append(original_log(self, *args, **kwargs))
+        return logged[-1]
+
+    TrainingMetrics.log = log
+    return logged
+
+
+def record_accelerators(train) -> list:
+    built = []
+    original_build = train.build_accelerator
+
+    def build_accelerator(args):
+        built.append(original_build(args))
+        return built[-1]
+
+    train.build_accelerator = build_accelerator
+    return built
+
+
+def write_rank_view(model, accelerator, logged: list[dict], output_dir: Path):
+    rank = accelerator.process_index
+    tensors, sharded = {}, []
+    for name, param in model.named_parameters():
+        if isinstance(param, DTensor):
+            sharded.append(name)
+            param = param.to_local()  # this rank's shard, as it holds it
+        tensors[name] = param.detach().clone().contiguous()
+    save_file(tensors, str(output_dir / f"rank{rank}.safetensors"))
+    view = {"distributed_type": str(accelerator.distributed_type), "is_fsdp2": accelerator.is_fsdp2,
+            "num_processes": accelerator.num_processes, "model_class": type(model).__name__, "sharded": sharded,
+            "logged": logged}
+    (output_dir / f"rank{rank}.json").write_text(json.dumps(view))
 
 
 def main():
-    out_dir = Path(sys.argv[1])
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    fsdp_config = yaml.safe_load((ROOT / "configs/accelerate/fsdp_8gpu.yaml").read_text())["fsdp_config"]
-    layer_class = getattr(modeling_minitransformer, fsdp_config["fsdp_transformer_layer_cls_to_wrap"])
-
-    torch.manual_seed(0)  # the same initial weights on every rank
-    config = make_config(intermediate_size=64, is_decoder=True)
-    reference = MiniTransformerForCausalLM(config)
-    model = copy.deepcopy(reference)
-    layers = [module for module in model.modules() if isinstance(module, layer_class)]
-    for layer in layers:
-        fully_shard(layer)
-    fully_shard(model)  # the root holds the rest: embeddings (tied to lm_head) and final norm
-    sharded = all(isinstance(p, DTensor) and p.to_local().shape[0] < p.shape[0] for p in layers[0].parameters()
-                  if p.dim() == 2)
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    reference_optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-2)
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(STEPS):
-        global_batch = torch.randint(0, 99, (BATCH_PER_RANK * world, SEQ), generator=generator)
-        local_batch = global_batch[rank * BATCH_PER_RANK : (rank + 1) * BATCH_PER_RANK]
-        model(input_ids=local_batch, labels=local_batch).loss.backward()  # FSDP averages gradients over ranks
-        optimizer.step()
-        optimizer.zero_grad()
-        reference(input_ids=global_batch, labels=global_batch).loss.backward()
-        reference_optimizer.step()
-        reference_optimizer.zero_grad()
-
-    # Every rank joins the gather; the full tensors land on CPU.
-    full_state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    result = {"sharded": sharded, "num_layers_wrapped": len(layers), "layer_class": layer_class.__name__}
-    if rank == 0:
-        result["trained_vs_reference"] = max_difference(full_state, reference.state_dict())
-        unsharded = MiniTransformerForCausalLM(config)
-        unsharded.save_pretrained(out_dir / "model", state_dict=full_state)
-        reloaded = MiniTransformerForCausalLM.from_pretrained(out_dir / "model").eval()
-        result["reloaded_vs_reference"] = max_difference(reloaded.state_dict(), reference.state_dict())
-        probe = torch.randint(0, 99, (2, SEQ), generator=generator)
-        with torch.no_grad():
-            logits = reloaded(input_ids=probe).logits - reference.eval()(input_ids=probe).logits
-        result["logits_difference"] = logits.abs().max().item()
-        (out_dir / "result.json").write_text(json.dumps(result))
+    let_accelerate_run_fsdp_on_cpu()
+    keep_one_process_group_for_all_runs()
+    logged = record_logged_metrics()
+    spec = importlib.util.spec_from_file_location("train_script", SCRIPT)
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    accelerators = record_accelerators(train)
+    for index, argv in enumerate(json.loads(Path(sys.argv[1]).read_text())):
+        if index:  # accelerate keeps its state in class attributes
+            AcceleratorState._reset_state(True)
+            GradientState._reset_state()
+        logged.clear()
+        model = train.main(argv)
+        write_rank_view(model, accelerators[-1], logged, Path(argv[argv.index("--output_dir") + 1]))
     dist.barrier()
     dist.destroy_process_group()
 
