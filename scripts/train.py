@@ -26,7 +26,8 @@ lines, next to always answering the most frequent training target:
     accelerate launch --config_file configs/accelerate/single_gpu.yaml scripts/train.py --output_dir outputs/small-clm
     # Masked LM on your own files (text, json, csv or parquet)
     python scripts/train.py --task mlm --train_file train.txt --validation_file valid.txt --output_dir outputs/mlm
-    # 8 GPUs on one machine, DDP or FSDP (FSDP shards each MiniTransformerLayer)
+    # 8 GPUs on one machine, DDP or FSDP (FSDP shards each MiniTransformerLayer; accelerate runs FSDP on GPUs only,
+    # elsewhere the FSDP config trains as DDP, and a warning says so)
     accelerate launch --config_file configs/accelerate/ddp_8gpu.yaml scripts/train.py --model_config base ...
     accelerate launch --config_file configs/accelerate/fsdp_8gpu.yaml scripts/train.py --model_config base ...
     # 2 nodes x 8 GPUs: run on each node, with its rank (output_dir on a filesystem both nodes share)
@@ -54,7 +55,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -239,10 +240,27 @@ def build_accelerator(args: argparse.Namespace) -> Accelerator:
         raise ValueError("--mixed_precision fp16 needs a GPU (on CPU it is silently ignored); use bf16 or no.")
     setup_logging(accelerator)
     logger.info(accelerator.state, main_process_only=False)
+    warn_if_not_as_configured(accelerator)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
     accelerator.wait_for_everyone()
     return accelerator
+
+
+def warn_if_not_as_configured(accelerator: Accelerator):
+    """One warning when the accelerate config asks for FSDP or DeepSpeed and the run ends up without it."""
+    # `accelerate launch --config_file` passes the config on as these variables; accelerate then turns FSDP and
+    # DeepSpeed on only for processes it runs on GPUs (or other accelerators), and silently trains without them
+    # otherwise: on CPU (ACCELERATE_USE_CPU), or a plain `python scripts/train.py` with the variable set.
+    for variable, asked in (("ACCELERATE_USE_FSDP", DistributedType.FSDP),
+                            ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
+        if os.environ.get(variable, "false").lower() != "true" or accelerator.distributed_type == asked:
+            continue
+        runs_as = ("plain data parallel (DDP): every process holds the whole model, its gradients and optimizer state"
+                   if accelerator.num_processes > 1 else "one process holding the whole model")
+        logger.warning(f"The accelerate config asks for {asked.value} ({variable}=true), but this run is "
+                       f"{accelerator.distributed_type}: accelerate enables {asked.value} only for processes "
+                       f"launched on GPUs (or other accelerators) by `accelerate launch`; it trains as {runs_as}.")
 
 
 def build_model(args: argparse.Namespace, task: Task, config: MiniTransformerConfig) -> torch.nn.Module:

@@ -9,10 +9,12 @@
   MiniTransformerLayer, writes sharded checkpoints, resumes from one bitwise identically, logs the same finite
   gradient norm on both ranks, and gathers a `save_pretrained` folder equal to its shards and to a one-process run;
   a seq2seq run evaluates with generation while the ranks generate different lengths.
+- A launch whose accelerate config asks for FSDP but runs without it says so.
 The shipped accelerate config files are checked without launching anything.
 """
 
 import json
+import logging
 import math
 import os
 import signal
@@ -25,11 +27,13 @@ import pytest
 import torch
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 import hf_minitransformer
 from hf_minitransformer import modeling_minitransformer
+from hf_minitransformer.training.arguments import parse_args
 from hf_minitransformer.training.checkpointing import find_checkpoint
 
 from .conftest import (
@@ -290,6 +294,30 @@ def test_fsdp2_seq2seq_evaluation_generates_while_ranks_finish_at_different_leng
     assert summary["final_eval"]["exact_match"] == 1.0 and summary["final_eval"]["loss"] < 0.1
     assert summary["num_parameters"] == hf_minitransformer.MiniTransformerForSeq2SeqLM(
         AutoConfig.from_pretrained(fsdp_runs / "seq2seq")).num_parameters()
+
+
+def test_warns_when_the_accelerate_config_asks_for_fsdp_but_the_run_is_not_fsdp(tmp_path, monkeypatch, caplog,
+                                                                                  isolated_train_runs):
+    """What `accelerate launch --config_file configs/accelerate/fsdp_8gpu.yaml` sets, in a process that accelerate
+    does not run under FSDP (here: one CPU process)."""
+    train = load_script("train")
+    args = parse_args([*TINY_ARGS, "--output_dir", str(tmp_path / "out")])
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with caplog.at_level(logging.WARNING):
+        accelerator = train.build_accelerator(args)
+    assert accelerator.distributed_type == DistributedType.NO
+    warnings = [record.getMessage() for record in caplog.records if "asks for FSDP" in record.getMessage()]
+    assert warnings == ["[RANK 0] The accelerate config asks for FSDP (ACCELERATE_USE_FSDP=true), but this run is "
+                        "DistributedType.NO: accelerate enables FSDP only for processes launched on GPUs (or other "
+                        "accelerators) by `accelerate launch`; it trains as one process holding the whole model."]
+
+
+def test_no_warning_when_the_config_asks_for_no_fsdp(tmp_path, monkeypatch, caplog, isolated_train_runs):
+    train = load_script("train")
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    with caplog.at_level(logging.WARNING):
+        train.build_accelerator(parse_args([*TINY_ARGS, "--output_dir", str(tmp_path / "out")]))
+    assert not [record for record in caplog.records if "asks for" in record.getMessage()]
 
 
 @pytest.mark.parametrize(("name", "processes", "machines"),
