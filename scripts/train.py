@@ -55,7 +55,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -65,6 +65,7 @@ import hf_minitransformer  # noqa: F401  (registers MiniTransformer with the Aut
 from hf_minitransformer.configuration_minitransformer import MiniTransformerConfig
 from hf_minitransformer.training.arguments import check_args, parse_args
 from hf_minitransformer.training.checkpointing import TrainState, load_checkpoint, save_checkpoint, save_model
+from hf_minitransformer.training.distributed import share_tied_embedding_module, warn_if_not_as_configured
 from hf_minitransformer.training.evaluation import Evaluator, format_metrics
 from hf_minitransformer.training.preparation import PreparedData, prepare_data
 from hf_minitransformer.training.run_folder import (
@@ -247,38 +248,10 @@ def build_accelerator(args: argparse.Namespace) -> Accelerator:
     return accelerator
 
 
-def warn_if_not_as_configured(accelerator: Accelerator):
-    """One warning when the accelerate config asks for FSDP or DeepSpeed and the run ends up without it."""
-    # `accelerate launch --config_file` passes the config on as these variables; accelerate then turns FSDP and
-    # DeepSpeed on only for processes it runs on GPUs (or other accelerators), and silently trains without them
-    # otherwise: on CPU (ACCELERATE_USE_CPU), or a plain `python scripts/train.py` with the variable set.
-    for variable, asked in (("ACCELERATE_USE_FSDP", DistributedType.FSDP),
-                            ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
-        if os.environ.get(variable, "false").lower() != "true" or accelerator.distributed_type == asked:
-            continue
-        runs_as = ("plain data parallel (DDP): every process holds the whole model, its gradients and optimizer state"
-                   if accelerator.num_processes > 1 else "one process holding the whole model")
-        logger.warning(f"The accelerate config asks for {asked.value} ({variable}=true), but this run is "
-                       f"{accelerator.distributed_type}: accelerate enables {asked.value} only for processes "
-                       f"launched on GPUs (or other accelerators) by `accelerate launch`; it trains as {runs_as}.")
-
-
 def build_model(args: argparse.Namespace, task: Task, config: MiniTransformerConfig) -> torch.nn.Module:
     if args.init_from:
         return task.auto_class.from_pretrained(args.init_from, config=config)
     return task.model_class(config)
-
-
-def share_tied_embedding_module(model: torch.nn.Module):
-    """Under FSDP2, make the tied source and target embeddings one module, as they are one matrix.
-
-    FSDP2 refuses a parameter that two of its groups manage. accelerate puts the input and output embeddings
-    (tied) in one group, but an encoder-decoder holds the same matrix in a third module, the decoder's token
-    embeddings, which would fall to the root group. `set_input_embeddings` gives the decoder the encoder's module
-    itself when the embeddings are tied (a no-op for one stack, or untied ones): the weights, the state dict's keys
-    and the computation stay the same.
-    """
-    model.set_input_embeddings(model.get_input_embeddings())
 
 
 def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:

@@ -6,6 +6,8 @@
 - `preparation`: raw data -> tokenizer -> config fitted to it -> tokenized splits.
 - `evaluation`: held-out loss and perplexity, generation scores, baselines.
 - `checkpointing`: resumable checkpoints (save, verify, resume) and the final model save.
+- `distributed`: what changes under FSDP2 (tied embeddings in one module, saving a sharded model's own class) and
+  the warning when a launch is not what its accelerate config asked for.
 - `tracking`: logging and accelerate trackers.
 - `run_folder`: who may write --output_dir, and the summary that closes a run.
 

@@ -21,6 +21,7 @@ from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedTokenizerBase
 
 from ..atomic_files import write_text_atomically
+from .distributed import unsharded_twin
 from .tracking import warn
 
 
@@ -178,17 +179,3 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: PreT
         tokenizer.save_pretrained(output_dir)
     accelerator.wait_for_everyone()
 
-
-def unsharded_twin(model: FSDPModule) -> torch.nn.Module:
-    """The FSDP2 `model` as `save_pretrained` must see it: a twin of its own class, on the meta device.
-
-    FSDP2 turns the model into an instance of a class it generates, FSDP<Name>(FSDPModule, <Name>), defined in a
-    torch module: `save_pretrained` would write that module into `auto_map` and copy torch's files as the model's
-    code, so the folder would not load with trust_remote_code. The twin shares the config and generation config,
-    holds no memory, and is saved with the gathered state dict.
-    """
-    model_class = next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
-    with torch.device("meta"):
-        twin = model_class(model.config)
-    twin.generation_config = model.generation_config
-    return twin

@@ -1,0 +1,59 @@
+"""What changes when the model is sharded (FSDP2) or the launch is not what its config asked for.
+
+accelerate does the sharding, the sharded checkpoints and the gathering; these are the few steps our models need
+around it. tests/test_distributed.py runs them on CPU through accelerate's own FSDP2 path.
+"""
+
+import os
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DistributedType
+from torch.distributed.fsdp import FSDPModule
+
+
+logger = get_logger(__name__)
+
+
+def warn_if_not_as_configured(accelerator: Accelerator):
+    """One warning when the accelerate config asks for FSDP or DeepSpeed and the run ends up without it."""
+    # `accelerate launch --config_file` passes the config on as these variables; accelerate then turns FSDP and
+    # DeepSpeed on only for processes it runs on GPUs (or other accelerators), and silently trains without them
+    # otherwise: on CPU (ACCELERATE_USE_CPU), or a plain `python scripts/train.py` with the variable set.
+    for variable, asked in (("ACCELERATE_USE_FSDP", DistributedType.FSDP),
+                            ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
+        if os.environ.get(variable, "false").lower() != "true" or accelerator.distributed_type == asked:
+            continue
+        runs_as = ("plain data parallel (DDP): every process holds the whole model, its gradients and optimizer state"
+                   if accelerator.num_processes > 1 else "one process holding the whole model")
+        logger.warning(f"The accelerate config asks for {asked.value} ({variable}=true), but this run is "
+                       f"{accelerator.distributed_type}: accelerate enables {asked.value} only for processes "
+                       f"launched on GPUs (or other accelerators) by `accelerate launch`; it trains as {runs_as}.")
+
+
+def share_tied_embedding_module(model: torch.nn.Module):
+    """Under FSDP2, make the tied source and target embeddings one module, as they are one matrix.
+
+    FSDP2 refuses a parameter that two of its groups manage. accelerate puts the input and output embeddings
+    (tied) in one group, but an encoder-decoder holds the same matrix in a third module, the decoder's token
+    embeddings, which would fall to the root group. `set_input_embeddings` gives the decoder the encoder's module
+    itself when the embeddings are tied (a no-op for one stack, or untied ones): the weights, the state dict's keys
+    and the computation stay the same.
+    """
+    model.set_input_embeddings(model.get_input_embeddings())
+
+
+def unsharded_twin(model: FSDPModule) -> torch.nn.Module:
+    """The FSDP2 `model` as `save_pretrained` must see it: a twin of its own class, on the meta device.
+
+    FSDP2 turns the model into an instance of a class it generates, FSDP<Name>(FSDPModule, <Name>), defined in a
+    torch module: `save_pretrained` would write that module into `auto_map` and copy torch's files as the model's
+    code, so the folder would not load with trust_remote_code. The twin shares the config and generation config,
+    holds no memory, and is saved with the gathered state dict.
+    """
+    model_class = next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
+    with torch.device("meta"):
+        twin = model_class(model.config)
+    twin.generation_config = model.generation_config
+    return twin
