@@ -1,6 +1,9 @@
 """Evaluation during and after training: held-out loss and perplexity, generation scores, and the baselines.
 
-Every number is computed over all processes with `gather_for_metrics`, so it is the same on 1 or 16 processes.
+Every number is gathered over all processes with `gather_for_metrics`. Known approximation: each sample's loss is its
+batch's mean loss, so when accelerate repeats samples to even out the last batch across processes, dropping the
+repeats leaves that batch's mean in the total: a 2-process evaluation differs slightly from a 1-process one
+(perplexity 285.31 against 285.54 on the same weights). Exact totals need per-sample losses from the model.
 """
 
 import dataclasses
