@@ -97,6 +97,8 @@ def test_ddp_ranks_agree_and_match_one_process_with_the_same_global_batch(tmp_pa
     assert summary["optimizer_steps"] == 4
     for name, tensor in load_weights(ddp / "model.safetensors").items():
         assert torch.equal(tensor, rank0[name]), f"save_pretrained wrote other weights for {name}"
+    # The validation blocks do not split evenly over two processes: the samples accelerate repeats must not count.
+    assert summary["final_eval"]["loss"] == pytest.approx(read_summary(single)["final_eval"]["loss"], rel=1e-5)
 
 
 @pytest.mark.slow
@@ -278,6 +280,9 @@ def test_fsdp2_trains_like_one_unsharded_process_on_the_same_global_batch(fsdp_r
         torch.testing.assert_close(tensor, expected[name], rtol=1e-4, atol=1e-5, msg=f"FSDP != one process: {name}")
     expected_norms = [record["grad_norm"] for record in read_log(reference) if "grad_norm" in record]
     assert norms_of(fsdp_runs / "clm") == pytest.approx(expected_norms, rel=1e-4)
+    # The same evaluation, although two processes even out the last validation batch with repeated samples.
+    assert read_summary(fsdp_runs / "clm")["final_eval"]["loss"] == pytest.approx(
+        read_summary(reference)["final_eval"]["loss"], rel=1e-5)
 
 
 @pytest.mark.slow

@@ -117,7 +117,7 @@ class Task:
 
     def evaluator(self, args: argparse.Namespace, eval_dataloader: DataLoader, eval_collator, splits: dict,
                   tokenizer: PreTrainedTokenizerBase) -> Evaluator:
-        return Evaluator(eval_dataloader)
+        return Evaluator(eval_dataloader, shift_labels=self.is_decoder)
 
     def baselines(self, args: argparse.Namespace, processed: datasets.DatasetDict,
                   tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> dict:
