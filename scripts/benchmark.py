@@ -68,6 +68,8 @@ MASKED = ("bert", "ours-masked", "ours-masked-tuned")
 MIB = 2**20
 # Helsinki-NLP/opus-mt-en-de: d_model 512, 6 + 6 layers, 8 heads, FFN 2048, SiLU ("swish"), vocabulary 58,101.
 OPUS_MT_EN_DE = dict(d_model=512, layers=6, heads=8, ffn=2048, vocab_size=58101)
+# Ours quantized by hf_minitransformer.quantization (its static-cache generate runs uncompiled: default row only).
+INT8 = "ours int8 (torchao)"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -425,6 +427,39 @@ def ctranslate2_run(model: MarianMTModel, folder: str, quantization: str) -> Cal
     return seconds
 
 
+def int8_run(args: argparse.Namespace) -> tuple[Callable, str] | None:
+    """Ours with int8 weights and activations (`hf_minitransformer.quantization`, torchao), the same seeded weights
+    as the float32 "ours", as `seconds(source, new_tokens)` with the default `generate`; and the line comparing its
+    logits and greedy tokens with float32. None when torchao is not installed."""
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        return None
+    from hf_minitransformer.quantization import quantize_int8
+
+    model = build_seq2seq("ours", args.seq2seq_vocab_size, args.seq2seq_layers)
+    reference = build_seq2seq("ours", args.seq2seq_vocab_size, args.seq2seq_layers)
+    quantize_int8(model)
+    source = make_batch("gpt2", args.seq2seq_vocab_size, 1, args.seq2seq_source_len, 0.0)["input_ids"]
+    config = generation_config(args.seq2seq_new_tokens)
+    with torch.inference_mode():
+        expected = reference.generate(source, generation_config=config)
+        tokens = model.generate(source, generation_config=config)
+        # Both read the float32 model's greedy tokens, so every position compares the same decoder input.
+        logits = [m(input_ids=source, decoder_input_ids=expected[:, :-1]).logits for m in (reference, model)]
+    difference = (logits[1] - logits[0]).abs().max().item()
+    agreement = (tokens[:, 1:] == expected[:, 1:]).float().mean().item()
+    largest = logits[0].abs().max().item()
+    line = (f"{INT8}: int8 weights and dynamic int8 activations, against ours float32, source "
+            f"{args.seq2seq_source_len}, {args.seq2seq_new_tokens} greedy tokens: max |logit difference| "
+            f"{difference:.4f} (largest |logit| {largest:.2f}), greedy tokens agree {agreement:.0%}")
+
+    def seconds(source: torch.Tensor, new_tokens: int) -> float:
+        return generate_seconds(model, source, generation_config(new_tokens))
+
+    return seconds, line
+
+
 def first_call_seconds(model: torch.nn.Module, prompt: torch.Tensor, config: GenerationConfig) -> float:
     """The first static-cache `generate` of a fresh model: on the CPU it compiles the decoding step (warm-up)."""
     torch._dynamo.reset()
@@ -485,18 +520,23 @@ def print_inference_table(title: str, reference: str, results: dict, targets: di
     print("|---|" + "---:|" * (len(batch_sizes) + 1))
     pairs = [("default", (reference, "default")), ("static", (reference, "default")),
              ("static", (reference, "static"))]
-    pairs += [("static", key) for key in results[batch_sizes[0]] if key[0] not in ("ours", reference)]
+    pairs = [(("ours", ours), theirs) for ours, theirs in pairs]
+    pairs += [(("ours", "static"), key) for key in results[batch_sizes[0]] if key[0] not in ("ours", reference)]
+    if (INT8, "default") in results[batch_sizes[0]] and ("ctranslate2", "int8") in results[batch_sizes[0]]:
+        pairs.append(((INT8, "default"), ("ctranslate2", "int8")))
     for ours, theirs in pairs:
-        ratios = " | ".join(f"{results[size]['ours', ours] / results[size][theirs]:.2f}x" for size in batch_sizes)
-        target = targets.get(f"{ours}/{' '.join(theirs)}")
-        print(f"| ours {ours} / {' '.join(theirs)} | {ratios} | {f'>= {target:g}x' if target else ''} |")
+        ratios = " | ".join(f"{results[size][ours] / results[size][theirs]:.2f}x" for size in batch_sizes)
+        target = targets.get(f"{ours[1]}/{' '.join(theirs)}") if ours[0] == "ours" else None
+        print(f"| {' '.join(ours)} / {' '.join(theirs)} | {ratios} | {f'>= {target:g}x' if target else ''} |")
     sys.stdout.flush()
 
 
 def inference_section(args: argparse.Namespace):
     """Batch-1 (and --generate_batch_sizes) greedy generation on the CPU, issue 12's targets: the causal LM of the
     small preset against GPT-2, the encoder-decoder at opus-mt-en-de sizes against MarianMTModel; each with the
-    default `generate` and with `cache_implementation="static"` (which our models compile on the CPU)."""
+    default `generate` and with `cache_implementation="static"` (which our models compile on the CPU). The
+    encoder-decoder also meets CTranslate2, float32 and int8 (the `bench` extra), and ours with int8 weights (the
+    `quant` extra), whose logits and greedy tokens are compared with float32 in one line under the table."""
     causal = {"gpt2": build_model("gpt2", args.inference_preset, args.vocab_size, "all").eval(),
               "ours": build_model("ours-causal", args.inference_preset, args.vocab_size, "all").eval()}
     results = time_inference(causal, args.prompt_len, args.inference_new_tokens, args.vocab_size, args)
@@ -511,14 +551,21 @@ def inference_section(args: argparse.Namespace):
             run = ctranslate2_run(seq2seq["marian"], folder, quantization)
             if run is not None:
                 others["ctranslate2", quantization] = run
+        int8 = int8_run(args)
+        if int8 is not None:
+            others[INT8, "default"] = int8[0]
         results = time_inference(seq2seq, args.seq2seq_source_len, args.seq2seq_new_tokens,
                                  args.seq2seq_vocab_size, args, others)
     print_inference_table(f"Inference, encoder-decoder: opus-mt-en-de sizes ({args.seq2seq_layers} + "
                           f"{args.seq2seq_layers} layers, vocabulary {args.seq2seq_vocab_size}), source "
                           f"{args.seq2seq_source_len}, {args.seq2seq_new_tokens} new tokens, greedy", "marian",
                           results, {"static/marian default": 2.0, "static/ctranslate2 float32": 1.0})
-    if not others:
+    if ("ctranslate2", "int8") not in others:
         print("\nCTranslate2 rows skipped: ctranslate2 is not installed (pip install -e .[bench]).")
+    if int8 is None:
+        print("\nInt8 row skipped: torchao is not installed (pip install -e .[quant]).")
+    else:
+        print(f"\n{int8[1]}")
 
 
 def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:

@@ -73,6 +73,15 @@ def test_ctranslate2_translates_the_marian_weights(tmp_path):
     assert seconds(torch.randint(3, 299, (2, 7)), 5) > 0  # asserts exactly 5 tokens per row itself
 
 
+def test_int8_contender_generates_and_compares_with_float32():
+    pytest.importorskip("torchao")
+    args = benchmark.parse_args(["--seq2seq_layers", "1", "--seq2seq_vocab_size", "300", "--seq2seq_source_len", "7",
+                                 "--seq2seq_new_tokens", "4"])
+    seconds, line = benchmark.int8_run(args)
+    assert seconds(torch.randint(3, 299, (2, 7)), 5) > 0  # generate_seconds asserts exactly 5 tokens per row
+    assert "max |logit difference|" in line and "greedy tokens agree" in line
+
+
 @pytest.mark.slow
 def test_inference_benchmark_runs_end_to_end(tmp_path):
     args = ["--inference_only", "--inference_preset", "tiny", "--vocab_size", "300", "--steps", "1", "--warmup", "1",
@@ -81,3 +90,4 @@ def test_inference_benchmark_runs_end_to_end(tmp_path):
     result = run_script(tmp_path, "benchmark.py", *args, timeout=600)
     assert "| ours static / gpt2 default |" in result.stdout
     assert "| ours static / marian default |" in result.stdout
+    assert "Int8 row skipped" in result.stdout or "ours int8 (torchao): int8 weights" in result.stdout
