@@ -37,6 +37,7 @@ from hf_minitransformer.data import (
     tokenize_and_pack,
     tokenize_pairs,
 )
+from hf_minitransformer.training.evaluation import sample_losses
 from hf_minitransformer.training.tasks import TASKS
 
 
@@ -105,24 +106,22 @@ def validation_loss(model: torch.nn.Module, tokenizer, summary: dict, batch_size
     """Mean token loss over the validation blocks, rebuilt exactly as training built them."""
     data_args = DataArgs(**summary["data"]["args"])
     raw, documents = load_raw_datasets(data_args)
-    causal = summary["task"] == "clm"
+    causal = TASKS[summary["task"]].is_decoder
     blocks = tokenize_and_pack(DatasetDict(validation=raw["validation"]), tokenizer, data_args.text_column,
                                summary["data"]["block_size"], documents, add_labels=causal)["validation"]
     collator = default_data_collator if causal else DataCollatorForLanguageModeling(tokenizer, seed=seed)
-    return mean_token_loss(model, blocks, collator, batch_size)
+    return mean_token_loss(model, blocks, collator, batch_size, shift_labels=causal)
 
 
-def mean_token_loss(model: torch.nn.Module, rows: Dataset, collator, batch_size: int) -> float:
-    """Mean loss per scored token (labels != -100): each batch's mean loss weighted by its scored tokens, as
-    `scripts/train.py` weighs them."""
-    loss_sum, token_count = 0.0, 0
+def mean_token_loss(model: torch.nn.Module, rows: Dataset, collator, batch_size: int, shift_labels: bool) -> float:
+    """Mean loss per scored token (labels != -100), summed per sample as `scripts/train.py`'s evaluation sums it."""
+    totals = []
     for start in range(0, len(rows), batch_size):
         batch = collator([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+        labels = batch.pop("labels")
         with torch.no_grad():
-            loss = model(**batch).loss.item()
-        tokens = (batch["labels"] != -100).sum().item()
-        if tokens:  # a batch with nothing to score has a NaN mean loss and no weight
-            loss_sum, token_count = loss_sum + loss * tokens, token_count + tokens
+            totals.append(sample_losses(model(**batch).logits, labels, shift_labels))
+    loss_sum, token_count = torch.cat(totals).sum(dim=0).tolist()
     return loss_sum / token_count if token_count else float("nan")
 
 
@@ -144,7 +143,7 @@ def show_seq2seq(model: torch.nn.Module, tokenizer, summary: dict, args: argpars
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
     modules = f" from {data['validation_modules']} held-out modules" if "validation_modules" in data else ""
     print(f"Validation: {len(pairs)} pairs{modules}, {data['validation_target_tokens']} target tokens")
-    print_loss(mean_token_loss(model, pairs, collator, args.batch_size), summary)
+    print_loss(mean_token_loss(model, pairs, collator, args.batch_size, shift_labels=False), summary)
 
     recorded, generation = summary["final_eval"], summary["generation"]
     baseline = summary["baselines"]["most_frequent_target"]
