@@ -36,6 +36,7 @@ without `torch.compile`, tokens/s and MFU with FLOPs/token = 6N + 12 L d T (N: p
 """
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -427,19 +428,17 @@ def ctranslate2_run(model: MarianMTModel, folder: str, quantization: str) -> Cal
     return seconds
 
 
-def int8_run(args: argparse.Namespace) -> tuple[Callable, str] | None:
-    """Ours with int8 weights and activations (`hf_minitransformer.quantization`, torchao), the same seeded weights
-    as the float32 "ours", as `seconds(source, new_tokens)` with the default `generate`; and the line comparing its
-    logits and greedy tokens with float32. None when torchao is not installed."""
+def int8_run(reference: torch.nn.Module, args: argparse.Namespace) -> tuple[Callable, str] | None:
+    """A copy of the float32 `reference` with int8 weights and activations (`hf_minitransformer.quantization`,
+    torchao), as `seconds(source, new_tokens)` with the default `generate`; and the line comparing its logits and
+    greedy tokens with the reference's. None when torchao is not installed."""
     try:
         import torchao  # noqa: F401
     except ImportError:
         return None
     from hf_minitransformer.quantization import quantize_int8
 
-    model = build_seq2seq("ours", args.seq2seq_vocab_size, args.seq2seq_layers)
-    reference = build_seq2seq("ours", args.seq2seq_vocab_size, args.seq2seq_layers)
-    quantize_int8(model)
+    model = quantize_int8(copy.deepcopy(reference))
     source = make_batch("gpt2", args.seq2seq_vocab_size, 1, args.seq2seq_source_len, 0.0)["input_ids"]
     config = generation_config(args.seq2seq_new_tokens)
     with torch.inference_mode():
@@ -551,7 +550,7 @@ def inference_section(args: argparse.Namespace):
             run = ctranslate2_run(seq2seq["marian"], folder, quantization)
             if run is not None:
                 others["ctranslate2", quantization] = run
-        int8 = int8_run(args)
+        int8 = int8_run(seq2seq["ours"], args)
         if int8 is not None:
             others[INT8, "default"] = int8[0]
         results = time_inference(seq2seq, args.seq2seq_source_len, args.seq2seq_new_tokens,

@@ -77,7 +77,8 @@ def test_int8_contender_generates_and_compares_with_float32():
     pytest.importorskip("torchao")
     args = benchmark.parse_args(["--seq2seq_layers", "1", "--seq2seq_vocab_size", "300", "--seq2seq_source_len", "7",
                                  "--seq2seq_new_tokens", "4"])
-    seconds, line = benchmark.int8_run(args)
+    reference = benchmark.build_seq2seq("ours", args.seq2seq_vocab_size, args.seq2seq_layers)
+    seconds, line = benchmark.int8_run(reference, args)
     assert seconds(torch.randint(3, 299, (2, 7)), 5) > 0  # generate_seconds asserts exactly 5 tokens per row
     assert "max |logit difference|" in line and "greedy tokens agree" in line
 
