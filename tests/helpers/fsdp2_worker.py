@@ -10,7 +10,6 @@ not sharded at the end) and `rank<R>.json` (the distributed type, the sharded pa
 reassembles the shards and compares them with what the run saved.
 """
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -24,7 +23,9 @@ from torch.distributed.tensor import DTensor
 from hf_minitransformer.training.tracking import TrainingMetrics
 
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
+# A launched script: the tests' package is importable only from the checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.conftest import load_script  # noqa: E402
 
 
 def let_accelerate_run_fsdp_on_cpu():
@@ -103,9 +104,7 @@ def main():
     let_accelerate_run_fsdp_on_cpu()
     keep_one_process_group_for_all_runs()
     logged = record_logged_metrics()
-    spec = importlib.util.spec_from_file_location("train_script", SCRIPT)
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = load_script("train")
     accelerators = record_accelerators(train)
     for index, argv in enumerate(json.loads(Path(sys.argv[1]).read_text())):
         if index:  # accelerate keeps its state in class attributes
