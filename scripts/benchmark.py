@@ -69,8 +69,10 @@ MASKED = ("bert", "ours-masked", "ours-masked-tuned")
 MIB = 2**20
 # Helsinki-NLP/opus-mt-en-de: d_model 512, 6 + 6 layers, 8 heads, FFN 2048, SiLU ("swish"), vocabulary 58,101.
 OPUS_MT_EN_DE = dict(d_model=512, layers=6, heads=8, ffn=2048, vocab_size=58101)
-# Ours quantized by hf_minitransformer.quantization (its static-cache generate runs uncompiled: default row only).
+# Ours quantized by hf_minitransformer.quantization, timed on its fast path: static cache, decoding step compiled.
 INT8 = "ours int8 (torchao)"
+# The torch kernels of matrix products, whose time in a decoding step bounds what any overhead cut can reach.
+MATMUL_OPS = {"aten::addmm", "aten::mm", "aten::bmm", "aten::_int_mm"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -428,10 +430,11 @@ def ctranslate2_run(model: MarianMTModel, folder: str, quantization: str) -> Cal
     return seconds
 
 
-def int8_run(reference: torch.nn.Module, args: argparse.Namespace) -> tuple[Callable, str] | None:
+def int8_run(reference: torch.nn.Module, args: argparse.Namespace) -> tuple[Callable, str, float] | None:
     """A copy of the float32 `reference` with int8 weights and activations (`hf_minitransformer.quantization`,
-    torchao), as `seconds(source, new_tokens)` with the default `generate`; and the line comparing its logits and
-    greedy tokens with the reference's. None when torchao is not installed."""
+    torchao), as `seconds(source, new_tokens)` with the static-cache `generate` (compiled on the CPU); the line
+    comparing its logits and greedy tokens with the reference's; and its first call's seconds (the compilation).
+    None when torchao is not installed."""
     try:
         import torchao  # noqa: F401
     except ImportError:
@@ -441,9 +444,11 @@ def int8_run(reference: torch.nn.Module, args: argparse.Namespace) -> tuple[Call
     model = quantize_int8(copy.deepcopy(reference))
     source = make_batch("gpt2", args.seq2seq_vocab_size, 1, args.seq2seq_source_len, 0.0)["input_ids"]
     config = generation_config(args.seq2seq_new_tokens)
+    static = generation_config(args.seq2seq_new_tokens, cache_implementation="static")
+    warm_up = first_call_seconds(model, source, static)
     with torch.inference_mode():
         expected = reference.generate(source, generation_config=config)
-        tokens = model.generate(source, generation_config=config)
+        tokens = model.generate(source, generation_config=static)
         # Both read the float32 model's greedy tokens, so every position compares the same decoder input.
         logits = [m(input_ids=source, decoder_input_ids=expected[:, :-1]).logits for m in (reference, model)]
     difference = (logits[1] - logits[0]).abs().max().item()
@@ -454,9 +459,9 @@ def int8_run(reference: torch.nn.Module, args: argparse.Namespace) -> tuple[Call
             f"{difference:.4f} (largest |logit| {largest:.2f}), greedy tokens agree {agreement:.0%}")
 
     def seconds(source: torch.Tensor, new_tokens: int) -> float:
-        return generate_seconds(model, source, generation_config(new_tokens))
+        return generate_seconds(model, source, generation_config(new_tokens, cache_implementation="static"))
 
-    return seconds, line
+    return seconds, line, warm_up
 
 
 def first_call_seconds(model: torch.nn.Module, prompt: torch.Tensor, config: GenerationConfig) -> float:
@@ -502,6 +507,33 @@ def time_inference(models: dict[str, torch.nn.Module], prompt_len: int, new_toke
     return results
 
 
+def matmul_milliseconds(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> float:
+    """Milliseconds per generated token that ours' static-cache `generate` (compiled, warm) spends in the torch
+    kernels of matrix products (MATMUL_OPS, self time by torch.profiler): a `new_tokens` call minus a 1-token call,
+    so the prompt's (or source's) forward is left out."""
+    from torch.profiler import ProfilerActivity, profile
+
+    spent = {}
+    for tokens in (new_tokens, 1):
+        config = generation_config(tokens, cache_implementation="static")
+        generate_seconds(model, prompt, config)  # a new length can recompile: keep that out of the profile
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            generate_seconds(model, prompt, config)
+        spent[tokens] = sum(event.self_cpu_time_total for event in profiler.key_averages()
+                            if event.key in MATMUL_OPS)
+    return (spent[new_tokens] - spent[1]) / 1000 / (new_tokens - 1)
+
+
+def print_matmul_floor(reference: str, results: dict, matmul_ms: float):
+    """How far below the reference's time matrix products alone would go: the bound of the tokens/s targets."""
+    step_ms = 1000 / results[1]["ours", "static"]
+    ceiling = 1000 / matmul_ms
+    print(f"\nMatrix products (torch.profiler, self time of {', '.join(sorted(MATMUL_OPS))}): {matmul_ms:.2f} ms of "
+          f"ours static's {step_ms:.2f} ms per token at batch 1 ({matmul_ms / step_ms:.0%}). With nothing else "
+          f"they would allow {ceiling:.0f} tokens/s: {ceiling / results[1][reference, 'default']:.2f}x {reference} "
+          f"default, {ceiling / results[1][reference, 'static']:.2f}x {reference} static.")
+
+
 def print_inference_table(title: str, reference: str, results: dict, targets: dict[str, float]):
     """tokens/s and time to first token per contender, and ours against the reference, with the issue's targets."""
     print(f"\n### {title}\n")
@@ -513,16 +545,18 @@ def print_inference_table(title: str, reference: str, results: dict, targets: di
         rates = " | ".join(f"{results[size][name, cache]:.0f}" for size in batch_sizes)
         warm_up = f"{results['warm-up'][name]:.1f}" if cache == "static" and name in results["warm-up"] else ""
         label = f"{name}, {cache}" + (" generate" if cache in ("default", "static") else "")
-        label += " (compiled on the CPU)" if cache == "static" and name == "ours" else ""
+        label += " (compiled on the CPU)" if cache == "static" and name in ("ours", INT8) else ""
         print(f"| {label} | {rates} | {results['first token'][name, cache] * 1000:.1f} | {warm_up} |")
     print("\n| ratio (tokens/s) | " + " | ".join(f"batch {size}" for size in batch_sizes) + " | target (batch 1) |")
     print("|---|" + "---:|" * (len(batch_sizes) + 1))
     pairs = [("default", (reference, "default")), ("static", (reference, "default")),
              ("static", (reference, "static"))]
     pairs = [(("ours", ours), theirs) for ours, theirs in pairs]
-    pairs += [(("ours", "static"), key) for key in results[batch_sizes[0]] if key[0] not in ("ours", reference)]
-    if (INT8, "default") in results[batch_sizes[0]] and ("ctranslate2", "int8") in results[batch_sizes[0]]:
-        pairs.append(((INT8, "default"), ("ctranslate2", "int8")))
+    pairs += [(("ours", "static"), key) for key in results[batch_sizes[0]] if key[0] not in ("ours", reference, INT8)]
+    if (INT8, "static") in results[batch_sizes[0]]:
+        pairs.append(((INT8, "static"), ("ours", "static")))
+    if (INT8, "static") in results[batch_sizes[0]] and ("ctranslate2", "int8") in results[batch_sizes[0]]:
+        pairs.append(((INT8, "static"), ("ctranslate2", "int8")))
     for ours, theirs in pairs:
         ratios = " | ".join(f"{results[size][ours] / results[size][theirs]:.2f}x" for size in batch_sizes)
         target = targets.get(f"{ours[1]}/{' '.join(theirs)}") if ours[0] == "ours" else None
@@ -539,9 +573,12 @@ def inference_section(args: argparse.Namespace):
     causal = {"gpt2": build_model("gpt2", args.inference_preset, args.vocab_size, "all").eval(),
               "ours": build_model("ours-causal", args.inference_preset, args.vocab_size, "all").eval()}
     results = time_inference(causal, args.prompt_len, args.inference_new_tokens, args.vocab_size, args)
+    prompt = make_batch("gpt2", args.vocab_size, 1, args.prompt_len, 0.0)["input_ids"]
+    matmul_ms = matmul_milliseconds(causal["ours"], prompt, args.inference_new_tokens)
     print_inference_table(f"Inference, causal LM: {args.inference_preset} preset, vocabulary {args.vocab_size}, "
                           f"prompt {args.prompt_len}, {args.inference_new_tokens} new tokens, greedy", "gpt2", results,
                           {"static/gpt2 default": 3.0, "static/gpt2 static": 2.0})
+    print_matmul_floor("gpt2", results, matmul_ms)
     del causal
     seq2seq = {name: build_seq2seq(name, args.seq2seq_vocab_size, args.seq2seq_layers) for name in ("marian", "ours")}
     with tempfile.TemporaryDirectory() as folder:
@@ -552,13 +589,18 @@ def inference_section(args: argparse.Namespace):
                 others["ctranslate2", quantization] = run
         int8 = int8_run(seq2seq["ours"], args)
         if int8 is not None:
-            others[INT8, "default"] = int8[0]
+            others[INT8, "static"] = int8[0]
         results = time_inference(seq2seq, args.seq2seq_source_len, args.seq2seq_new_tokens,
                                  args.seq2seq_vocab_size, args, others)
+        if int8 is not None:
+            results["warm-up"][INT8] = int8[2]
+    source = make_batch("gpt2", args.seq2seq_vocab_size, 1, args.seq2seq_source_len, 0.0)["input_ids"]
+    matmul_ms = matmul_milliseconds(seq2seq["ours"], source, args.seq2seq_new_tokens)
     print_inference_table(f"Inference, encoder-decoder: opus-mt-en-de sizes ({args.seq2seq_layers} + "
                           f"{args.seq2seq_layers} layers, vocabulary {args.seq2seq_vocab_size}), source "
                           f"{args.seq2seq_source_len}, {args.seq2seq_new_tokens} new tokens, greedy", "marian",
                           results, {"static/marian default": 2.0, "static/ctranslate2 float32": 1.0})
+    print_matmul_floor("marian", results, matmul_ms)
     if ("ctranslate2", "int8") not in others:
         print("\nCTranslate2 rows skipped: ctranslate2 is not installed (pip install -e .[bench]).")
     if int8 is None:
