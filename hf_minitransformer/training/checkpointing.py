@@ -62,8 +62,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, state: TrainState
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
-        done = sorted((p for p in root.glob("checkpoint-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
-        for old in done[:-total_limit]:
+        for old in numbered_checkpoints(root)[:-total_limit]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
 
@@ -86,10 +85,8 @@ def find_checkpoint(value: str, output_dir: str) -> Path:
     """
     if value == "latest":
         root = Path(output_dir) / CHECKPOINTS_DIR
-        numbered = [(int(match[1]), path) for path in (root.iterdir() if root.is_dir() else [])
-                    if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and path.is_dir()]
         skipped = []
-        for _, path in sorted(numbered, reverse=True):
+        for path in reversed(numbered_checkpoints(root)):
             problem = checkpoint_problem(path)
             if problem is None:
                 if skipped:
@@ -109,6 +106,13 @@ def find_checkpoint(value: str, output_dir: str) -> Path:
     if problem is not None:
         raise ValueError(f"--resume_from_checkpoint {value!r} cannot be resumed: {problem}.")
     return path
+
+
+def numbered_checkpoints(root: Path) -> list[Path]:
+    """The checkpoint-N folders under `root`, oldest (lowest N) first; tmp-checkpoint-N ones are not among them."""
+    numbered = [(int(match[1]), path) for path in (root.iterdir() if root.is_dir() else [])
+                if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and path.is_dir()]
+    return [path for _, path in sorted(numbered)]
 
 
 def checkpoint_problem(path: Path) -> str | None:
