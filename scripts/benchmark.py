@@ -528,10 +528,14 @@ def matmul_milliseconds(model: torch.nn.Module, prompt: torch.Tensor, new_tokens
 
 def print_matmul_floor(reference: str, results: dict):
     """How far below the reference's time matrix products alone would go: the bound of the tokens/s targets."""
-    matmul_ms = results["matmul ms"]
-    step_ms = 1000 / results[1]["ours", "static"]
+    matmul_ms, ops = results["matmul ms"], ", ".join(sorted(MATMUL_OPS))
     ceiling = 1000 / matmul_ms
-    print(f"\nMatrix products (torch.profiler, self time of {', '.join(sorted(MATMUL_OPS))}): {matmul_ms:.2f} ms of "
+    if 1 not in results:  # --generate_batch_sizes without 1: no batch-1 rates to set the figure against
+        print(f"\nMatrix products (torch.profiler, self time of {ops}): {matmul_ms:.2f} ms per token of ours static "
+              f"at batch 1; with nothing else they would allow {ceiling:.0f} tokens/s.")
+        return
+    step_ms = 1000 / results[1]["ours", "static"]
+    print(f"\nMatrix products (torch.profiler, self time of {ops}): {matmul_ms:.2f} ms of "
           f"ours static's {step_ms:.2f} ms per token at batch 1 ({matmul_ms / step_ms:.0%}). With nothing else "
           f"they would allow {ceiling:.0f} tokens/s: {ceiling / results[1][reference, 'default']:.2f}x {reference} "
           f"default, {ceiling / results[1][reference, 'static']:.2f}x {reference} static.")
