@@ -15,13 +15,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # The import registers the Auto classes.
-from hf_minitransformer import (  # noqa: E402
-    MiniTransformerConfig,
-    MiniTransformerForCausalLM,
-    MiniTransformerForMaskedLM,
-    MiniTransformerForSeq2SeqLM,
-)
+from hf_minitransformer import MiniTransformerConfig  # noqa: E402
 from hf_minitransformer.data import train_bpe_tokenizer  # noqa: E402
+from hf_minitransformer.training.tasks import TASKS  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,9 +136,7 @@ def training_output(folder: Path, task: str = "clm") -> Path:
     """A folder shaped like scripts/train.py's output (model, tokenizer, summary, log), built in seconds."""
     tokenizer = train_bpe_tokenizer(iter([SNIPPETS]), vocab_size=300, with_mask_token=task == "mlm")
     config = make_config(vocab_size=len(tokenizer), max_position_embeddings=32)
-    heads = {"clm": MiniTransformerForCausalLM, "mlm": MiniTransformerForMaskedLM,
-             "seq2seq": MiniTransformerForSeq2SeqLM}
-    model = heads[task](config)
+    model = TASKS[task].model_class(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     summary = {
