@@ -12,19 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_minitransformer import (
-    MiniTransformerForCausalLM,
-    MiniTransformerForMaskedLM,
-    MiniTransformerForSeq2SeqLM,
-)
 from hf_minitransformer.data import train_bpe_tokenizer
+from hf_minitransformer.training.tasks import TASKS
 from hf_minitransformer.walkthrough import top_predictions, trace
 
 from .conftest import load_script, make_config, run_command, run_python
 
 
 TEXTS = ["March 14th, 1987", "1987-03-14", "the cat sat on the mat", "def add(a, b): return a + b"]
-HEADS = {"mlm": MiniTransformerForMaskedLM, "clm": MiniTransformerForCausalLM, "seq2seq": MiniTransformerForSeq2SeqLM}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +32,7 @@ def build(task: str, tokenizer, attn_implementation: str = "sdpa", **overrides):
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          decoder_start_token_id=tokenizer.bos_token_id, **overrides)
     config._attn_implementation = attn_implementation
-    return HEADS[task](config).eval()
+    return TASKS[task].model_class(config).eval()
 
 
 def own_forward(model, tokenizer, text: str, target: str | None):
