@@ -7,17 +7,9 @@ that `save_pretrained` writes `auto_map` plus the configuration and modeling fil
 import transformers
 
 from .configuration_minitransformer import MiniTransformerConfig
-from .modeling_minitransformer import (
-    AUTO_CLASS_NAMES,
-    MiniTransformerForCausalLM,
-    MiniTransformerForMaskedLM,
-    MiniTransformerForSeq2SeqLM,
-    MiniTransformerForSequenceClassification,
-    MiniTransformerForTokenClassification,
-    MiniTransformerModel,
-    MiniTransformerPreTrainedModel,
-    MiniTransformerSeq2SeqModel,
-)
+from .modeling_minitransformer import *  # noqa: F403  (every model class: the names of its __all__)
+from .modeling_minitransformer import AUTO_CLASS_NAMES, MiniTransformerSeq2SeqModel
+from .modeling_minitransformer import __all__ as _MODEL_NAMES
 
 
 __version__ = "0.1.0"
@@ -31,14 +23,4 @@ for _auto_name, _class_name in AUTO_CLASS_NAMES.items():
 # Not a registration of its own: AutoModel hands an encoder-decoder config over to it (MiniTransformerModel).
 MiniTransformerSeq2SeqModel.register_for_auto_class("AutoModel")
 
-__all__ = [
-    "MiniTransformerConfig",
-    "MiniTransformerPreTrainedModel",
-    "MiniTransformerModel",
-    "MiniTransformerForMaskedLM",
-    "MiniTransformerForCausalLM",
-    "MiniTransformerForSequenceClassification",
-    "MiniTransformerForTokenClassification",
-    "MiniTransformerSeq2SeqModel",
-    "MiniTransformerForSeq2SeqLM",
-]
+__all__ = ["MiniTransformerConfig", *_MODEL_NAMES]

@@ -1,16 +1,15 @@
 """MiniTransformer model configuration."""
 
+import dataclasses
+import math
+from typing import Literal, get_args, get_origin
+
 from huggingface_hub.dataclasses import strict
 from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
 
-POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned", "rotary")
-LAYER_NORM_POSITIONS = ("post", "pre")
-HIDDEN_ACTS = ("relu", "gelu", "gelu_new", "silu")
-CLASSIFIER_POOLINGS = ("mean", "first", "last")
-LOGITS_WITH_LOSS = ("all", "labelled", "none")
 # `rope_parameters["rope_type"]` values: those transformers' Llama implements (modeling_rope_utils), with its
 # `dynamic_rope_update` for the ones that recompute frequencies as sequences grow.
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
@@ -23,14 +22,20 @@ def value_errors(cls):
     """Reports a field of the wrong type as a ValueError naming field and value, as every other bad value is.
 
     @strict type-checks each field when it is set, raising its own StrictDataclassFieldValidationError, which is not
-    a ValueError; this wraps that check (applied outside @strict, so it sees its error).
+    a ValueError; this wraps that check (applied outside @strict, so it sees its error). A choice (a `Literal` field)
+    outside its values gets the list of them.
     """
     strict_setattr = cls.__setattr__
+    choices = {field.name: get_args(field.type) for field in dataclasses.fields(cls)
+               if get_origin(field.type) is Literal}
 
     def __setattr__(self, name, value):
         try:
             strict_setattr(self, name, value)
         except StrictDataclassFieldValidationError as error:
+            if name in choices:
+                allowed = ", ".join(map(repr, choices[name]))
+                raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}.") from error
             raise ValueError(f"`{name}`: {error.__cause__}") from error
 
     cls.__setattr__ = __setattr__
@@ -78,9 +83,12 @@ class MiniTransformerConfig(PreTrainedConfig):
     intermediate_size: int = 2048  # d_ff, the inner size of the position-wise feed-forward
     max_position_embeddings: int = 512  # longest sequence for "sinusoidal" and "learned" positions
     # Architecture choices.
-    hidden_act: str = "relu"  # FFN(x) = act(x W_1 + b_1) W_2 + b_2; the paper uses ReLU
-    position_embedding_type: str = "sinusoidal"  # "sinusoidal" (paper §3.5) | "learned" | "rotary" (RoFormer)
-    layer_norm_position: str = "post"  # "post": LayerNorm(x + Sublayer(x)), the paper | "pre": x + Sublayer(LN(x))
+    # FFN(x) = act(x W_1 + b_1) W_2 + b_2; the paper uses ReLU
+    hidden_act: Literal["relu", "gelu", "gelu_new", "silu"] = "relu"
+    # "sinusoidal" (paper §3.5) | "learned" | "rotary" (RoFormer)
+    position_embedding_type: Literal["sinusoidal", "learned", "rotary"] = "sinusoidal"
+    # "post": LayerNorm(x + Sublayer(x)), the paper | "pre": x + Sublayer(LayerNorm(x)) (Xiong et al., 2020)
+    layer_norm_position: Literal["post", "pre"] = "post"
     is_decoder: bool = False  # False: bidirectional self-attention (encoder); True: causal self-attention
     # True for MiniTransformerForSeq2SeqLM (it sets it): an encoder stack, then a decoder stack whose layers add
     # cross-attention over the encoder output (paper §3.1, Figure 1).
@@ -97,10 +105,10 @@ class MiniTransformerConfig(PreTrainedConfig):
     # Regularisation and numerics.
     hidden_dropout_prob: float | int = 0.1  # P_drop on embeddings + positions and each sublayer's output (paper §5.4)
     attention_dropout: float | int = 0.0  # dropout on attention probabilities; the paper uses none
-    layer_norm_eps: float = 1e-5  # epsilon of every LayerNorm (the paper does not give one; torch's default)
-    initializer_range: float = 0.02  # std of the normal init of Linear and Embedding weights
+    layer_norm_eps: float | int = 1e-5  # epsilon of every LayerNorm (the paper does not give one; torch's default)
+    initializer_range: float | int = 0.02  # std of the normal init of Linear and Embedding weights
     # Heads and generation.
-    classifier_pooling: str = "mean"  # sequence classification pools "mean" | "first" | "last" non-pad token
+    classifier_pooling: Literal["mean", "first", "last"] = "mean"  # sequence classification pools this non-pad token
     classifier_dropout: float | int | None = None  # dropout before classifier heads; None means hidden_dropout_prob
     use_cache: bool = True  # return a KV cache from causal forward passes (used by generate)
     pad_token_id: int | None = 0
@@ -115,7 +123,7 @@ class MiniTransformerConfig(PreTrainedConfig):
     # (labelled, vocab), as ModernBERT's `sparse_prediction` | "none": the loss is fused with the projection chunk by
     # chunk and `logits` is None, so no (tokens, vocab) tensor is ever held. A choice of the run, like the attention
     # implementation: never written to config.json, so a saved or published model always returns its logits.
-    logits_with_loss: str = "all"
+    logits_with_loss: Literal["all", "labelled", "none"] = "all"
 
     def __post_init__(self, **kwargs):
         # Checked here rather than in `validate_architecture`, which @strict wraps in a non-ValueError: users catch
@@ -159,16 +167,16 @@ class MiniTransformerConfig(PreTrainedConfig):
             raise ValueError(
                 f"Rotary positions need an even head size, got hidden_size / num_attention_heads = {self.head_dim}."
             )
-        for name, allowed in (
-            ("hidden_act", HIDDEN_ACTS),
-            ("position_embedding_type", POSITION_EMBEDDING_TYPES),
-            ("layer_norm_position", LAYER_NORM_POSITIONS),
-            ("classifier_pooling", CLASSIFIER_POOLINGS),
-            ("logits_with_loss", LOGITS_WITH_LOSS),
-        ):
+        for field in dataclasses.fields(self):  # Infinity and NaN are valid JSON numbers to Python, not sizes
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"`{field.name}` must be a finite number, got {value!r}.")
+        for name in ("bos_token_id", "decoder_start_token_id", "eos_token_id"):
             value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"`{name}` must be one of {', '.join(map(repr, allowed))}, got {value!r}.")
+            for token_id in value if isinstance(value, list) else [value]:
+                if token_id is not None and not 0 <= token_id < self.vocab_size:
+                    raise ValueError(f"`{name}` must be a token id in [0, vocab_size={self.vocab_size}) or None, "
+                                     f"got {value!r}.")
         for name in ("hidden_dropout_prob", "attention_dropout", "classifier_dropout"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
@@ -187,6 +195,9 @@ class MiniTransformerConfig(PreTrainedConfig):
             raise ValueError(
                 f"`rope_parameters['rope_type']` must be one of {', '.join(map(repr, ROPE_TYPES))}, got {rope_type!r}."
             )
+        for key, value in self.rope_parameters.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"`rope_parameters['{key}']` must be a finite number, got {value!r}.")
         try:  # transformers' own checks of each type's parameters, which raise KeyError for a missing one
             self.validate_rope()
         except (KeyError, TypeError) as error:

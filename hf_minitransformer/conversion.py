@@ -423,7 +423,10 @@ def compare_models(source: PreTrainedModel, target: PreTrainedModel, batches: li
     for label, num_beams in (("greedy", 1), ("beam4", 4)):
         same = total = 0
         for prompt in prompts:
-            options = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+            # The length goes in as max_length, the field the sources' generation defaults set (Marian's 512): given
+            # as max_new_tokens beside it, transformers warns on every call that both are set.
+            length = max_new_tokens + (1 if source.config.is_encoder_decoder else prompt["input_ids"].shape[1])
+            options = dict(max_length=length, num_beams=num_beams, do_sample=False)
             expected = source.generate(**prompt, **options)
             produced = target.generate(**prompt, **options)
             total += expected.shape[0]

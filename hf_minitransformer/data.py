@@ -13,6 +13,13 @@ Sources without a validation split get one held out: the last `validation_split_
 datasets and files (contiguous, so no block straddles the split), and, for the embedded corpus, every
 `round(100 / pct)`-th file in order of size (whole modules the model never trains on, about pct % of the bytes).
 
+With `streaming`, a Hub dataset or local files are read lazily (`load_dataset(..., streaming=True)`): the training
+split is an `IterableDataset`, tokenized on the fly (`tokenize_and_pack_stream`, `tokenize_pairs_stream`). A stream has
+no known length, so its held-out rows are counted, not a percentage: the first `validation_samples` rows of the
+validation split, or, without one, of the training stream, whose rows equal to a held-out one are then dropped from
+training (a filter on the rows themselves, which holds however the stream is later split over processes and
+workers; datasets' `skip` would be divided among the shards instead).
+
 The seq2seq task reads (source, target) pairs from the same places: two columns (`source_column`, `target_column`) of
 a Hub dataset or of json/jsonl/csv/parquet files, or, with neither, the embedded task: every documented function of
 the same standard-library modules, its code without the docstring -> the docstring's first line (see
@@ -26,6 +33,7 @@ import ast
 import calendar
 import dataclasses
 import datetime
+import functools
 import itertools
 import platform
 import random
@@ -35,9 +43,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_dataset_builder
 from datasets.exceptions import DatasetGenerationError
 from datasets.fingerprint import Hasher
+from huggingface_hub import is_offline_mode
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -72,15 +81,29 @@ class DataArgs:
     validation_file: str | None = None
     text_column: str = "text"
     validation_split_percentage: float = 5.0
+    validation_split_name: str = "validation"  # the split of a Hub dataset held out for evaluation (WMT14: "test")
     max_corpus_bytes: int = 4_000_000
+    streaming: bool = False  # read the training split lazily, as an IterableDataset
+    validation_samples: int | None = None  # with streaming: the rows held out for validation
 
     def check(self):
         """Raise ValueError for inputs that would fail later, before any work starts."""
+        if self.streaming and not (self.dataset_name or self.train_file):
+            raise ValueError("--streaming reads a --dataset_name or a --train_file; the embedded data is built in "
+                             "memory (drop --streaming, or give data).")
+        if self.validation_samples is not None and not self.streaming:
+            raise ValueError(f"--validation_samples {self.validation_samples} counts the held-out rows of a "
+                             "--streaming run; without --streaming, --validation_split_percentage holds out a share "
+                             "of the rows.")
+        if self.streaming and not (self.validation_samples or 0) > 0:
+            raise ValueError(f"--validation_samples must be positive, got {self.validation_samples}.")
         if self.dataset_name and self.train_file:
             raise ValueError(f"Pass --dataset_name or --train_file, not both (got {self.dataset_name!r} and "
                              f"{self.train_file!r}).")
         if self.validation_file and not self.train_file:
             raise ValueError(f"--validation_file {self.validation_file!r} needs a --train_file as well.")
+        if self.dataset_name:
+            check_dataset_available(self.dataset_name, self.dataset_config_name)
         for role, path in (("train", self.train_file), ("validation", self.validation_file)):
             if path is not None:
                 check_data_file(path, role)
@@ -90,6 +113,9 @@ class DataArgs:
             if train_builder != validation_builder:
                 raise ValueError(f"--train_file and --validation_file must have the same format, got "
                                  f"{train_builder!r} and {validation_builder!r} files.")
+        if self.validation_split_name != "validation" and not self.dataset_name:
+            raise ValueError(f"--validation_split_name {self.validation_split_name!r} picks a split of a "
+                             "--dataset_name; local files and the embedded data have train and validation only.")
         if not 0 < self.validation_split_percentage < 100:
             raise ValueError(f"--validation_split_percentage must lie in (0, 100), got "
                              f"{self.validation_split_percentage}.")
@@ -115,7 +141,23 @@ class DataArgs:
             source = (f"{self.embedded_name}: {len(files)} top-level modules of the Python "
                       f"{platform.python_version()} standard library, "
                       f"{sum(Path(f).stat().st_size for f in files)} bytes")
+        if self.streaming:
+            source += f", streamed (validation: {self.validation_samples} held-out rows)"
         return {"source": source, "args": dataclasses.asdict(self)}
+
+
+def check_dataset_available(name: str, config_name: str | None):
+    """A Hub dataset (or local dataset folder) must be reachable, or cached when the Hub is offline: asking for its
+    builder reads only its metadata, so a wrong name fails here rather than after the run has started."""
+    try:
+        load_dataset_builder(name, config_name)
+    except (OSError, ValueError) as error:  # ConnectionError, DatasetNotFoundError, an unknown config name
+        hint = ""
+        if is_offline_mode():
+            hint = (" The Hub is offline (HF_HUB_OFFLINE) and no copy of it is cached: unset HF_HUB_OFFLINE to "
+                    "download it, or pass local files with --train_file.")
+        config = f" (config {config_name!r})" if config_name else ""
+        raise ValueError(f"--dataset_name {name!r}{config} cannot be loaded: {error}{hint}") from None
 
 
 def check_data_file(path: str, role: str):
@@ -178,23 +220,30 @@ def load_raw_datasets(data: DataArgs) -> tuple[DatasetDict, bool]:
     """Load the text as a DatasetDict with "train" and "validation" splits.
 
     Also returns whether rows are whole documents (to be separated by an end-of-sequence token) rather than lines.
+    With `data.streaming`, "train" is an `IterableDataset` read lazily and "validation" the held-out rows in memory
+    (see `with_held_out_rows`).
     """
     data.check()
+    columns = {"--text_column": data.text_column}
     if data.dataset_name or data.train_file:
         raw, documents = load_hub_or_files(data)
     else:
         split_files = split_embedded_corpus(data.max_corpus_bytes, data.validation_split_percentage)
         raw = load_dataset("text", data_files=split_files, sample_by="document")
         documents = True
-    raw = with_validation_split(raw, data.validation_split_percentage)
-    check_columns(raw, {"--text_column": data.text_column})
+    if data.streaming:
+        return with_held_out_rows(raw, data.validation_samples, list(columns.values()), columns,
+                                  data.validation_split_name), documents
+    raw = with_validation_split(raw, data.validation_split_percentage, data.validation_split_name)
+    check_columns(raw, columns)
     return raw, documents
 
 
 def load_hub_or_files(data: DataArgs) -> tuple[DatasetDict, bool]:
-    """`dataset_name` or `train_file` (+ `validation_file`) as loaded by `datasets`; True if rows are documents."""
+    """`dataset_name` or `train_file` (+ `validation_file`) as loaded by `datasets` (an IterableDatasetDict with
+    `data.streaming`); True if rows are documents."""
     if data.dataset_name:
-        return load_dataset(data.dataset_name, data.dataset_config_name), True
+        return load_dataset(data.dataset_name, data.dataset_config_name, streaming=data.streaming), True
     data_files = {"train": data.train_file}
     if data.validation_file:
         data_files["validation"] = data.validation_file
@@ -202,7 +251,7 @@ def load_hub_or_files(data: DataArgs) -> tuple[DatasetDict, bool]:
     # keep_linebreaks: lines are concatenated when packing, so they must keep their "\n".
     options = {"keep_linebreaks": True} if builder == "text" else {}
     try:
-        return load_dataset(builder, data_files=data_files, **options), builder != "text"
+        return load_dataset(builder, data_files=data_files, streaming=data.streaming, **options), builder != "text"
     except DatasetGenerationError as error:  # says only "An error occurred while generating the dataset"
         cause = error.__cause__ or error
         files = " or ".join(repr(path) for path in data_files.values())
@@ -225,12 +274,79 @@ def split_embedded_corpus(max_bytes: int, validation_split_percentage: float) ->
     return {"train": [f for f in files if f not in held_out], "validation": sorted(held_out)}
 
 
-def with_validation_split(raw: DatasetDict, validation_split_percentage: float) -> DatasetDict:
-    """Only "train" and "validation"; without a validation split, the last pct % of the training rows become it."""
+def with_validation_split(raw: DatasetDict, validation_split_percentage: float, name: str = "validation"
+                          ) -> DatasetDict:
+    """Only "train" and "validation" (the split `name`); without a validation split, the last pct % of the training
+    rows become it."""
+    if name != "validation":
+        if name not in raw:
+            raise ValueError(f"--validation_split_name {name!r}: the dataset has no such split; its splits are "
+                             f"{', '.join(raw)}.")
+        return DatasetDict(train=raw["train"], validation=raw[name])
     if "validation" not in raw:
         held_out = raw["train"].train_test_split(test_size=validation_split_percentage / 100, shuffle=False)
         raw = DatasetDict(train=held_out["train"], validation=held_out["test"])
     return DatasetDict(train=raw["train"], validation=raw["validation"])
+
+
+def with_fields(row: dict, names: list[str]) -> dict:
+    """`row` with a column for each dotted name: "translation.en" is row["translation"]["en"] (a stream's flatten)."""
+    fields = {}
+    for name in names:
+        value = row
+        for key in name.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        fields[name] = value
+    return fields
+
+
+def with_held_out_rows(raw: dict, num_rows: int, key_columns: list[str], columns: dict[str, str],
+                       validation_name: str = "validation") -> DatasetDict:
+    """A stream's "train" (an IterableDataset) and "validation" (the first `num_rows` rows of the split
+    `validation_name`, in memory).
+
+    Without a validation split, the first `num_rows` rows of the training stream are held out, and training drops
+    every row whose `key_columns` equal those of a held-out row that is not blank: the filter looks at rows, not
+    positions, so it holds however the stream is split later over processes and workers (and a duplicate of a
+    held-out row is not trained on either).
+    """
+    train = raw["train"]
+    check_stream_columns(train, "train", columns)
+    if validation_name != "validation" and validation_name not in raw:
+        raise ValueError(f"--validation_split_name {validation_name!r}: the dataset has no such split; its splits are "
+                         f"{', '.join(raw)}.")
+    validation = first_rows(raw[validation_name] if validation_name in raw else train, num_rows)
+    check_columns(DatasetDict(validation=validation), columns)
+    if validation_name not in raw:
+        # A blank row (an empty line of a text file) is not held out: it would take every blank line with it.
+        held_out = frozenset(values for values in zip(*(validation[column] for column in key_columns), strict=True)
+                             if any(isinstance(value, str) and value.strip() for value in values))
+        train = train.filter(functools.partial(is_not_held_out, held_out=held_out), input_columns=key_columns)
+    return DatasetDict(train=train, validation=validation)
+
+
+def is_not_held_out(*values: str, held_out: frozenset) -> bool:
+    return values not in held_out
+
+
+def first_rows(stream: IterableDataset, num_rows: int) -> Dataset:
+    """The first `num_rows` rows of a stream, in memory."""
+    try:
+        return Dataset.from_list(list(stream.take(num_rows)))
+    except DatasetGenerationError as error:  # says only "An error occurred while generating the dataset"
+        cause = error.__cause__ or error
+        raise ValueError(f"Could not read the data: {type(cause).__name__}: {cause}") from None
+
+
+def check_stream_columns(stream: IterableDataset, name: str, columns: dict[str, str]):
+    """A stream must hold every text column; its first row tells when `datasets` does not know its features."""
+    first = next(iter(stream), None)
+    if first is None:
+        raise ValueError(f"The {name} split is empty.")
+    for flag, column in columns.items():
+        if column not in first:
+            raise ValueError(f"The {name} data has no column {column!r}; its columns are {list(first)}. Pick one "
+                             f"with {flag}.")
 
 
 def check_columns(raw: DatasetDict, columns: dict[str, str]):
@@ -292,28 +408,61 @@ def tokenize_and_pack(
     `separate_documents`, an end-of-sequence token closes each row so the model sees where a document ends. The
     remainder of each map batch that does not fill a block is dropped.
     """
-    eos = [tokenizer.eos_token_id] if separate_documents and tokenizer.eos_token_id is not None else []
-
-    def tokenize(batch: dict) -> dict:
-        ids = tokenizer(batch[text_column], add_special_tokens=False)["input_ids"]
-        return {"input_ids": [row + eos for row in ids]}
-
-    def pack(batch: dict) -> dict:
-        stream = list(itertools.chain.from_iterable(batch["input_ids"]))
-        usable = len(stream) // block_size * block_size
-        blocks = [stream[i : i + block_size] for i in range(0, usable, block_size)]
-        # The causal loss shifts labels itself, so labels are the inputs unchanged.
-        return {"input_ids": blocks, "labels": [list(b) for b in blocks]} if add_labels else {"input_ids": blocks}
-
     columns = next(iter(raw.values())).column_names
-    tokenized = raw.map(tokenize, batched=True, num_proc=num_proc, remove_columns=columns, desc="Tokenizing")
-    packed = tokenized.map(pack, batched=True, num_proc=num_proc, desc=f"Packing into blocks of {block_size}")
+    tokenized = raw.map(document_tokenizer(tokenizer, text_column, separate_documents), batched=True,
+                        num_proc=num_proc, remove_columns=columns, desc="Tokenizing")
+    packed = tokenized.map(block_packer(block_size, add_labels), batched=True, num_proc=num_proc,
+                           desc=f"Packing into blocks of {block_size}")
     for name, split in packed.items():
         if len(split) == 0:
             tokens = sum(len(ids) for ids in tokenized[name]["input_ids"])
             raise ValueError(f"The {name} split has {tokens} tokens, not enough for one block of --block_size "
                              f"{block_size}. Give more text or a smaller --block_size.")
     return packed
+
+
+def tokenize_and_pack_stream(stream: IterableDataset, tokenizer: PreTrainedTokenizerBase, text_column: str,
+                             block_size: int, separate_documents: bool, add_labels: bool) -> IterableDataset:
+    """`tokenize_and_pack` on the fly, as transformers' `run_clm.py` packs a stream: blocks from each map batch of
+    1,000 rows, its remainder dropped."""
+    tokenized = stream.map(document_tokenizer(tokenizer, text_column, separate_documents), batched=True,
+                           remove_columns=stream_columns(stream))
+    return tokenized.map(block_packer(block_size, add_labels), batched=True)
+
+
+# The map and filter functions of a stream are partials of module functions, not closures: DataLoader workers started
+# by spawn or forkserver (macOS; Linux from Python 3.14 on) receive them pickled.
+
+def document_tokenizer(tokenizer: PreTrainedTokenizerBase, text_column: str, separate_documents: bool
+                       ) -> Callable[[dict], dict]:
+    """A batched map function: the rows of `text_column` -> their "input_ids" (with `separate_documents`, each closed
+    by the end-of-sequence token)."""
+    eos = [tokenizer.eos_token_id] if separate_documents and tokenizer.eos_token_id is not None else []
+    return functools.partial(tokenize_documents, tokenizer=tokenizer, text_column=text_column, eos=eos)
+
+
+def tokenize_documents(batch: dict, tokenizer: PreTrainedTokenizerBase, text_column: str, eos: list[int]) -> dict:
+    # Whole documents, longer than the model's positions on purpose (they are cut into blocks): no warning.
+    ids = tokenizer(batch[text_column], add_special_tokens=False, verbose=False)["input_ids"]
+    return {"input_ids": [row + eos for row in ids]}
+
+
+def block_packer(block_size: int, add_labels: bool) -> Callable[[dict], dict]:
+    """A batched map function: the batch's "input_ids" concatenated and cut into `block_size` blocks."""
+    return functools.partial(pack_blocks, block_size=block_size, add_labels=add_labels)
+
+
+def pack_blocks(batch: dict, block_size: int, add_labels: bool) -> dict:
+    stream = list(itertools.chain.from_iterable(batch["input_ids"]))
+    usable = len(stream) // block_size * block_size
+    blocks = [stream[i : i + block_size] for i in range(0, usable, block_size)]
+    # The causal loss shifts labels itself, so labels are the inputs unchanged.
+    return {"input_ids": blocks, "labels": [list(b) for b in blocks]} if add_labels else {"input_ids": blocks}
+
+
+def stream_columns(stream: IterableDataset) -> list[str]:
+    """The columns of a stream; its first row tells when `datasets` does not know its features (text files)."""
+    return stream.column_names or list(next(iter(stream)))
 
 
 def load_seq2seq_datasets(data: Seq2SeqDataArgs) -> DatasetDict:
@@ -325,18 +474,32 @@ def load_seq2seq_datasets(data: Seq2SeqDataArgs) -> DatasetDict:
         raw = load_date_pairs()
     else:
         raw = load_docstring_pairs(data.max_corpus_bytes, data.validation_split_percentage)
-    raw = with_validation_split(raw, data.validation_split_percentage)
     columns = {"--source_column": data.source_column, "--target_column": data.target_column}
-    check_columns(raw, columns)
+    # A field of a struct column, as WMT14's translation.en: flattened, each field is a column of that name.
+    nested = [column for column in columns.values() if "." in column]
+    if data.streaming:
+        if nested:
+            raw = {name: split.map(functools.partial(with_fields, names=nested)) for name, split in raw.items()}
+        raw = with_held_out_rows(raw, data.validation_samples, list(columns.values()), columns,
+                                 data.validation_split_name)
+    else:
+        raw = with_validation_split(raw, data.validation_split_percentage, data.validation_split_name)
+        raw = raw.flatten() if nested else raw
+        check_columns(raw, columns)
     for name, split in raw.items():
         for column in columns.values():
-            if getattr(split.features[column], "dtype", None) not in ("string", "large_string"):
-                raise ValueError(f"The {name} column {column!r} must hold text, got {split.features[column]}.")
+            feature = (split.features or {}).get(column)  # a stream may not know its features
+            if feature is not None and getattr(feature, "dtype", None) not in ("string", "large_string"):
+                raise ValueError(f"The {name} column {column!r} must hold text, got {feature}.")
     # A row without a source or a target (an empty cell of a csv file) teaches nothing: it is dropped.
-    raw = raw.filter(lambda source, target: bool(source and source.strip() and target and target.strip()),
-                     input_columns=[data.source_column, data.target_column])
-    check_columns(raw, columns)  # a split left empty is an error
+    raw = DatasetDict({name: split.filter(has_source_and_target, input_columns=list(columns.values()))
+                       for name, split in raw.items()})
+    check_columns(DatasetDict(validation=raw["validation"]) if data.streaming else raw, columns)  # none left empty
     return raw
+
+
+def has_source_and_target(source: str | None, target: str | None) -> bool:
+    return bool(source and source.strip() and target and target.strip())
 
 
 def load_docstring_pairs(max_bytes: int, validation_split_percentage: float) -> DatasetDict:
@@ -535,16 +698,31 @@ def tokenize_pairs(
 
     Rows keep their own lengths: `DataCollatorForSeq2Seq` pads each batch.
     """
-    if tokenizer.eos_token_id is None:
-        raise ValueError("The tokenizer has no end-of-sequence token, which closes every seq2seq target.")
-
-    def tokenize(batch: dict) -> dict:
-        sources = tokenizer(batch[source_column], max_length=max_source_length, truncation=True,
-                            add_special_tokens=False)
-        targets = tokenizer(batch[target_column], max_length=max_target_length - 1, truncation=True,
-                            add_special_tokens=False)["input_ids"]
-        return {"input_ids": sources["input_ids"], "attention_mask": sources["attention_mask"],
-                "labels": [ids + [tokenizer.eos_token_id] for ids in targets]}
-
+    tokenize = pair_tokenizer(tokenizer, source_column, target_column, max_source_length, max_target_length)
     columns = next(iter(raw.values())).column_names
     return raw.map(tokenize, batched=True, num_proc=num_proc, remove_columns=columns, desc="Tokenizing pairs")
+
+
+def tokenize_pairs_stream(stream: IterableDataset, tokenizer: PreTrainedTokenizerBase, source_column: str,
+                          target_column: str, max_source_length: int, max_target_length: int) -> IterableDataset:
+    """`tokenize_pairs` on the fly."""
+    tokenize = pair_tokenizer(tokenizer, source_column, target_column, max_source_length, max_target_length)
+    return stream.map(tokenize, batched=True, remove_columns=stream_columns(stream))
+
+
+def pair_tokenizer(tokenizer: PreTrainedTokenizerBase, source_column: str, target_column: str,
+                   max_source_length: int, max_target_length: int) -> Callable[[dict], dict]:
+    """The batched map function of `tokenize_pairs`."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The tokenizer has no end-of-sequence token, which closes every seq2seq target.")
+    return functools.partial(tokenize_pair_batch, tokenizer=tokenizer, columns=(source_column, target_column),
+                             max_lengths=(max_source_length, max_target_length))
+
+
+def tokenize_pair_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, columns: tuple[str, str],
+                        max_lengths: tuple[int, int]) -> dict:
+    sources = tokenizer(batch[columns[0]], max_length=max_lengths[0], truncation=True, add_special_tokens=False)
+    targets = tokenizer(batch[columns[1]], max_length=max_lengths[1] - 1, truncation=True,
+                        add_special_tokens=False)["input_ids"]
+    return {"input_ids": sources["input_ids"], "attention_mask": sources["attention_mask"],
+            "labels": [ids + [tokenizer.eos_token_id] for ids in targets]}

@@ -54,23 +54,6 @@ from .pipelines_minitransformer import CUSTOM_PIPELINES  # imported here, `save_
 
 logger = logging.get_logger(__name__)
 
-# Every head with its Auto class. A saved config names in `auto_map` all the heads its weights serve, so one folder
-# serves each `AutoModelFor...` through `trust_remote_code=True` whichever head wrote it: the five heads of one stack
-# share the body `model.*`; an encoder-decoder checkpoint (two stacks, `model.encoder.*` and `model.decoder.*`)
-# serves SEQ2SEQ_AUTO_CLASS_NAMES, its AutoModel being the bare encoder-decoder.
-AUTO_CLASS_NAMES = {
-    "AutoModel": "MiniTransformerModel",
-    "AutoModelForMaskedLM": "MiniTransformerForMaskedLM",
-    "AutoModelForCausalLM": "MiniTransformerForCausalLM",
-    "AutoModelForSequenceClassification": "MiniTransformerForSequenceClassification",
-    "AutoModelForTokenClassification": "MiniTransformerForTokenClassification",
-    "AutoModelForSeq2SeqLM": "MiniTransformerForSeq2SeqLM",
-}
-SEQ2SEQ_AUTO_CLASS_NAMES = {
-    "AutoModel": "MiniTransformerSeq2SeqModel",
-    "AutoModelForSeq2SeqLM": "MiniTransformerForSeq2SeqLM",
-}
-
 
 def sinusoidal_position_encoding(num_positions: int, dim: int) -> torch.Tensor:
     """Vaswani et al. §3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d))."""
@@ -493,46 +476,32 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
                 the sqrt(d_model) scale and the positions are applied here.
             encoder_hidden_states: (batch, source, hidden) the encoder output that a decoder stack cross-attends to.
             encoder_attention_mask: (batch, source) with 0 for source padding.
-            token_type_ids: (batch, seq) segment ids in [0, type_vocab_size), only with `config.type_vocab_size`.
+            token_type_ids: (batch, seq) segment ids in [0, type_vocab_size) (BERT's). A model without token-type
+                embeddings (`config.type_vocab_size=0`) has the one segment 0: it takes all-zero ids, as a BERT
+                tokenizer returns them for a single text, and ignores them.
 
         Returns:
             `BaseModelOutputWithPastAndCrossAttentions` with `last_hidden_state` (batch, seq, hidden) and, for causal
             models with `use_cache`, the `cache`.
         """
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
-        if token_type_ids is not None and not self.config.type_vocab_size:
-            raise ValueError("`token_type_ids` were given, but this model has no token-type embeddings "
-                             "(config.type_vocab_size=0).")
-        self._check_encoder_hidden_states(encoder_hidden_states)
-        if inputs_embeds is None:
-            self._check_token_ids(input_ids)
-            inputs_embeds = self.embeddings.token_embeddings(input_ids)
-        elif inputs_embeds.dim() != 3:
-            shape = tuple(inputs_embeds.shape)
-            raise ValueError(f"inputs_embeds must be 3-D (batch, seq, hidden), got shape {shape}.")
+        self._check_inputs(input_ids, inputs_embeds, token_type_ids, encoder_hidden_states)
         packed = position_ids is not None  # the caller's positions may restart: several documents in a row
+        if inputs_embeds is None:
+            inputs_embeds = self.embeddings.token_embeddings(input_ids)
 
         if use_cache and cache is None and self.config.is_decoder:
             cache = DynamicCache(config=self.config)
             if encoder_hidden_states is not None:
                 cache = EncoderDecoderCache(cache, DynamicCache(config=self.config))
         past_seen_tokens = cache.get_seq_length() if cache is not None else 0
-        seq_length = inputs_embeds.shape[1]
         if position_ids is None:
-            position_ids = torch.arange(seq_length, device=inputs_embeds.device) + past_seen_tokens
+            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)  # (1, seq)
-        self._check_positions(position_ids)
-        self._check_attention_mask(attention_mask, inputs_embeds.shape[0], seq_length, past_seen_tokens)
+        self._check_positions_and_mask(position_ids, attention_mask, inputs_embeds.shape[:2], past_seen_tokens)
 
-        documents = None
-        # Several documents need several tokens and no cache before them. A static cache's length is a tensor on
-        # the device: under torch.compile a row is one sequence, as in transformers' masks.
-        if (packed and attention_mask is None and seq_length > 1 and not torch.compiler.is_compiling()
-                and past_seen_tokens == 0):
-            documents = find_packed_sequence_indices(position_ids.expand(inputs_embeds.shape[0], -1))
         attention_mask, encoder_attention_mask = self._attention_masks(
-            inputs_embeds, attention_mask, cache, documents, encoder_hidden_states, encoder_attention_mask
+            inputs_embeds, attention_mask, cache, position_ids if packed else None, encoder_hidden_states,
+            encoder_attention_mask,
         )
 
         hidden_states = self.embeddings(inputs_embeds, position_ids, token_type_ids)
@@ -559,18 +528,19 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor | None,
         cache: Cache | None,
-        documents: torch.Tensor | None,
+        packed_position_ids: torch.LongTensor | None,
         encoder_hidden_states: torch.Tensor | None,
         encoder_attention_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The self-attention mask (causal or bidirectional, with padding) and, in a decoder, the source mask that
         cross-attention uses, in the form the attention implementation wants (None when SDPA needs none).
 
-        `documents` (batch, seq): for a packed row, the index of the document each token belongs to, as transformers'
-        `find_packed_sequence_indices` reads it from `position_ids` restarting at 0 (DataCollatorWithFlattening);
-        no token then attends across a document boundary, in causal and bidirectional stacks alike.
+        `packed_position_ids` (batch or 1, seq): the caller's positions. Where they restart at 0 inside a row, the row
+        packs several documents (DataCollatorWithFlattening), and no token attends across a document boundary, in
+        causal and bidirectional stacks alike.
         """
         mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+        documents = self._packed_documents(inputs_embeds, attention_mask, cache, packed_position_ids)
         if documents is not None:
             mask_kwargs["and_mask_function"] = packed_sequence_mask_function(documents)
         if self.config.is_decoder:
@@ -587,13 +557,65 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
             )
         return attention_mask, encoder_attention_mask
 
+    @staticmethod
+    def _packed_documents(
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        cache: Cache | None,
+        packed_position_ids: torch.LongTensor | None,
+    ) -> torch.Tensor | None:
+        """(batch, seq) the index of the document each token belongs to, as transformers'
+        `find_packed_sequence_indices` reads it from positions restarting at 0; None for rows of one sequence."""
+        # Several documents need several tokens, no padding mask and no cache before them. A static cache's length is
+        # a tensor on the device: under torch.compile a row is one sequence, as in transformers' masks.
+        if (packed_position_ids is None or attention_mask is not None or inputs_embeds.shape[1] < 2
+                or torch.compiler.is_compiling() or (cache is not None and cache.get_seq_length() != 0)):
+            return None
+        return find_packed_sequence_indices(packed_position_ids.expand(inputs_embeds.shape[0], -1))
+
     # Input checks: an index error deep inside an embedding lookup (or a CUDA assert) tells the user nothing.
     # The value checks read tensors on the host only where they already are (see `check_in_range`), so a decoding
     # step on an accelerator does not wait for the device; under torch.compile they are left out.
+    def _check_inputs(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor | None,
+        token_type_ids: torch.LongTensor | None,
+        encoder_hidden_states: torch.Tensor | None,
+    ):
+        """What forward is given, before any of it is used: one of ids and embeddings, the ids' shape and values,
+        token types, and encoder states exactly where the stack cross-attends."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        self._check_encoder_hidden_states(encoder_hidden_states)
+        if input_ids is not None:
+            self._check_token_ids(input_ids)
+        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[1] == 0:
+            shape = tuple(inputs_embeds.shape)
+            problem = "has no positions" if inputs_embeds.dim() == 3 else "must be 3-D (batch, seq, hidden)"
+            raise ValueError(f"inputs_embeds {problem}, got shape {shape}.")
+        if token_type_ids is not None:
+            input_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+            self._check_token_type_ids(token_type_ids, input_shape)
+
+    def _check_positions_and_mask(
+        self,
+        position_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        input_shape: torch.Size,
+        past_seen_tokens: int | torch.Tensor,
+    ):
+        """Positions within the position table, and a mask that covers the cached and the new tokens."""
+        self._check_positions(position_ids)
+        self._check_attention_mask(attention_mask, *input_shape, past_seen_tokens)
+
     def _check_token_ids(self, input_ids: torch.LongTensor):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be 2-D (batch, seq), got shape {tuple(input_ids.shape)}; for one "
                              "sequence use input_ids[None] or the tokenizer's return_tensors='pt'.")
+        if input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}: no tokens. Each sequence needs at least "
+                             "one (an empty text tokenizes to none with a tokenizer that adds no special tokens).")
         vocab_size = self.config.vocab_size
         check_in_range(
             input_ids,
@@ -602,6 +624,22 @@ class MiniTransformerModel(MiniTransformerPreTrainedModel):
                 f"input_ids contains token id {bad}, outside the vocabulary [0, {vocab_size}). Check that the "
                 "tokenizer matches the model, or resize the embeddings with `resize_token_embeddings`."
             ),
+        )
+
+    def _check_token_type_ids(self, token_type_ids: torch.LongTensor, input_shape: torch.Size):
+        if token_type_ids.shape != input_shape:
+            raise ValueError(f"token_type_ids has shape {tuple(token_type_ids.shape)}; expected one segment id per "
+                             f"input token, (batch, seq) = {tuple(input_shape)}.")
+        types = self.config.type_vocab_size
+        if types:
+            message = f"outside the token types [0, type_vocab_size={types})"
+        else:
+            message = ("but this model has no token-type embeddings (config.type_vocab_size=0): it reads every token "
+                       "as segment 0")
+        check_in_range(
+            token_type_ids,
+            max(types, 1),
+            lambda bad: f"`token_type_ids` were given with segment id {bad}, {message}.",
         )
 
     def _check_encoder_hidden_states(self, encoder_hidden_states: torch.Tensor | None):
@@ -669,6 +707,9 @@ class MiniTransformerForMaskedLM(MiniTransformerPreTrainedModel):
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.token_embeddings.weight"}
 
     def __init__(self, config: MiniTransformerConfig):
+        # The head's own copy (its body shares it): what is set on `model.config` (`set_attn_implementation`,
+        # `num_labels`) never reaches the caller's object, which may go on to build other models.
+        config = copy.deepcopy(config)
         super().__init__(config)
         self.model = MiniTransformerModel(config)
         self.transform = MiniTransformerMaskedLMTransform(config) if config.masked_lm_transform else None
@@ -689,7 +730,8 @@ class MiniTransformerForMaskedLM(MiniTransformerPreTrainedModel):
         r"""
         labels: (batch, seq) target ids at masked positions, -100 elsewhere (ignored by the loss). If every label
             is -100 the loss is NaN (0 / 0), as in transformers' own models.
-        token_type_ids: (batch, seq) segment ids, for models with `config.type_vocab_size` (BERT's).
+        token_type_ids: (batch, seq) segment ids, read by models with `config.type_vocab_size` (BERT's); all-zero ids,
+            as a BERT tokenizer returns them for one text, are taken by every model.
         Returns `MaskedLMOutput` with `logits` (batch, seq, vocab); with `labels`, `config.logits_with_loss` can ask
         for (labelled, vocab) logits at the masked positions only, or for none.
         """
@@ -706,6 +748,13 @@ class MiniTransformerForMaskedLM(MiniTransformerPreTrainedModel):
         )
 
 
+def is_static_cache(cache: Cache | None) -> bool:
+    """Whether `cache` (an encoder-decoder's: its self-attention part) is of a fixed size, as transformers' static
+    cache, whose decoding steps `generate` compiles."""
+    decoder_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+    return cache is not None and cache.is_compileable and type(decoder_cache) is not DynamicCache
+
+
 class MiniTransformerGenerationMixin(GenerationMixin):
     """transformers' generation, with its static-cache fast path on the CPU too.
 
@@ -716,14 +765,59 @@ class MiniTransformerGenerationMixin(GenerationMixin):
     """
 
     def _valid_auto_compile_criteria(self, model_kwargs: dict, generation_config) -> bool:
-        cache = model_kwargs.get("cache")
-        decoder_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
-        static = cache is not None and cache.is_compileable and type(decoder_cache) is not DynamicCache
-        if static and self.device.type == "cpu" and generation_config.compile_config is None:
+        if is_static_cache(model_kwargs.get("cache")) and self.device.type == "cpu" and (
+            generation_config.compile_config is None
+        ):
             compile_config = CompileConfig(fullgraph=True, mode="default")
             compile_config._compile_all_devices = True  # transformers' own switch for compiling off accelerators
             generation_config.compile_config = compile_config  # generate's per-call copy
         return super()._valid_auto_compile_criteria(model_kwargs, generation_config)
+
+    def _prepare_model_inputs(self, inputs: torch.Tensor | None, bos_token_id: torch.Tensor | None, model_kwargs: dict
+                              ) -> tuple[torch.Tensor, str | None, dict]:
+        # Here, where generate() has found its prompt, rather than in a forward pass after it has built masks and
+        # caches around an empty tensor (or failed to, deep inside).
+        inputs, input_name, model_kwargs = super()._prepare_model_inputs(inputs, bos_token_id, model_kwargs)
+        if inputs.dim() >= 2 and inputs.shape[1] == 0:
+            if self.config.is_encoder_decoder:
+                remedy = "the source needs at least one token"
+            else:
+                remedy = f"pass at least one token, or no {input_name} at all to start from bos_token_id"
+            raise ValueError(f"generate() got {input_name} of shape {tuple(inputs.shape)}, no tokens: {remedy}.")
+        return inputs, input_name, model_kwargs
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, generation_mode, batch_size: int,
+                                      max_cache_length: int):
+        super()._prepare_cache_for_generation(
+            generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
+        )
+        if is_static_cache(model_kwargs.get("cache")):
+            self._check_static_generation_length(model_kwargs, max_cache_length)
+
+    def _check_static_generation_length(self, model_kwargs: dict, max_cache_length: int):
+        """A ValueError now if the tokens a static-cache generation feeds would run past the position table.
+
+        Its decoding steps run compiled, where the model's own position check is left out (it would read values on
+        the host at every step): past the table, inductor's kernel fails with an "index out of bounds" instead.
+        """
+        if self.config.position_embedding_type == "rotary":
+            return  # rotary positions are computed on the fly, for any length
+        limit = self.config.max_position_embeddings
+        # The cache holds every token fed: the prompt, then each generated token but the last.
+        if self.config.is_encoder_decoder:  # the decoder's positions count from its start token
+            last, prompt_end = max_cache_length - 1, 0
+        else:  # positions follow the attention mask, so a left-padded row starts at 0 after its padding
+            position_ids = model_kwargs["position_ids"]  # (batch, prompt)
+            prompt_end = int(position_ids[:, -1].max())
+            last = prompt_end + max_cache_length - position_ids.shape[1]
+        if last >= limit:
+            raise ValueError(
+                f"This generation would reach position {last}, past the last of the {limit} "
+                f"{self.config.position_embedding_type!r} positions (max_position_embeddings={limit}): the prompt "
+                f"ends at position {prompt_end} and the static cache is sized for {max_cache_length} tokens. Ask for "
+                f"{last - limit + 1} fewer new tokens (max_new_tokens), shorten the prompt, or use "
+                "position_embedding_type='rotary'."
+            )
 
 
 class MiniTransformerForCausalLM(MiniTransformerPreTrainedModel, MiniTransformerGenerationMixin):
@@ -753,6 +847,7 @@ class MiniTransformerForCausalLM(MiniTransformerPreTrainedModel, MiniTransformer
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        token_type_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
         r"""
@@ -760,6 +855,8 @@ class MiniTransformerForCausalLM(MiniTransformerPreTrainedModel, MiniTransformer
             position t is scored on predicting token t + 1. If no position is scored the loss is NaN (0 / 0), as in
             transformers' own models.
         logits_to_keep: compute logits only for the last `n` positions (0: all), or for the given indices.
+        token_type_ids: (batch, seq) segment ids, read by models with `config.type_vocab_size` (BERT's); all-zero ids,
+            as a BERT tokenizer returns them for one text, are taken by every model.
         Returns `CausalLMOutputWithPast` with `logits` (batch, kept positions, vocab) and the `cache`; with `labels`,
         `config.logits_with_loss` can ask for (labelled, vocab) logits at the scored positions only, or for none.
         """
@@ -770,6 +867,7 @@ class MiniTransformerForCausalLM(MiniTransformerPreTrainedModel, MiniTransformer
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            token_type_ids=token_type_ids,
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
@@ -788,13 +886,15 @@ class MiniTransformerForCausalLM(MiniTransformerPreTrainedModel, MiniTransformer
         )
 
 
-def seq2seq_config(config: MiniTransformerConfig) -> MiniTransformerConfig:
-    """`config` set up for the encoder-decoder: itself when it already is (a seq2seq checkpoint's, or the head's own,
-    which its bare encoder-decoder then shares, as BART's do), otherwise a copy, so the caller's object is left as it
-    was."""
+def seq2seq_config(config: MiniTransformerConfig, own_copy: bool = False) -> MiniTransformerConfig:
+    """`config` set up for the encoder-decoder, on a copy, so the caller's object is left as it was. A config already
+    set up (a seq2seq checkpoint's, or the head's own copy, which its bare encoder-decoder then shares, as BART's do)
+    is returned as it is, unless `own_copy` (what a head asks for)."""
     # transformers 5 dropped these two tasks; `pipeline(task, ...)` finds them here (pipelines_minitransformer.py).
     pipelines = {**CUSTOM_PIPELINES, **(getattr(config, "custom_pipelines", None) or {})}
-    if config.is_encoder_decoder and not config.is_decoder and getattr(config, "custom_pipelines", None) == pipelines:
+    is_set_up = (config.is_encoder_decoder and not config.is_decoder
+                 and getattr(config, "custom_pipelines", None) == pipelines)
+    if is_set_up and not own_copy:
         return config
     config = copy.deepcopy(config)
     config.is_encoder_decoder, config.is_decoder = True, False
@@ -862,10 +962,12 @@ class MiniTransformerSeq2SeqModel(MiniTransformerPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqModelOutput:
         r"""
         input_ids / attention_mask: (batch, source) source tokens and their padding mask (1 real, 0 pad).
+        token_type_ids: (batch, source) the source's segment ids, for the encoder (see MiniTransformerModel).
         decoder_input_ids / decoder_attention_mask: (batch, target) decoder inputs and their padding mask. Without
             them (as the feature-extraction pipeline calls it) the decoder reads the source shifted right behind
             `config.decoder_start_token_id`, as BartModel does.
@@ -881,7 +983,8 @@ class MiniTransformerSeq2SeqModel(MiniTransformerPreTrainedModel):
                                                    self.config.decoder_start_token_id)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
-                input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+                input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, token_type_ids=token_type_ids,
+                **kwargs,
             )
         elif isinstance(encoder_outputs, tuple):  # from a `return_dict=False` encoder call: its first item is needed
             encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
@@ -914,13 +1017,12 @@ class MiniTransformerForSeq2SeqLM(MiniTransformerPreTrainedModel, MiniTransforme
     of source and target tokens when `config.tie_word_embeddings` (paper §3.4).
     """
 
+    # Loaded from a bare encoder-decoder checkpoint, the output bias is reported missing (as every weight outside
+    # `model.` a checkpoint lacks is) and starts at zero, as `_init_weights` leaves it.
     _tied_weights_keys = {"lm_head.weight": "model.encoder.embeddings.token_embeddings.weight"}
-    # The base model has no output bias; loading its weights into this head starts the bias at zero, as `_init_weights`
-    # would.
-    _keys_to_ignore_on_load_missing = [r"^lm_head\.bias$"]
 
     def __init__(self, config: MiniTransformerConfig):
-        config = seq2seq_config(config)
+        config = seq2seq_config(config, own_copy=True)  # the head's own, as every head's (MiniTransformerForMaskedLM)
         super().__init__(config)
         self.model = MiniTransformerSeq2SeqModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
@@ -939,16 +1041,29 @@ class MiniTransformerForSeq2SeqLM(MiniTransformerPreTrainedModel, MiniTransforme
             stack.config.vocab_size = self.config.vocab_size
         return embeddings
 
-    def prepare_inputs_for_generation(self, decoder_input_ids, next_sequence_length=None, cache=None, **kwargs):
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> dict:
+        """GenerationMixin's signature: `input_ids` are the decoder's sequences so far (as for BART)."""
         # A `generate` that continues from a returned cache is given the sequences so far as `decoder_input_ids`.
         # transformers feeds only their uncached tail when a full-length `decoder_attention_mask` says so, and
         # otherwise all of them again, on top of the cache; the cache's length says it just as well.
         if next_sequence_length is None and cache is not None:
             past_length = cache.get_seq_length()
-            if 0 < past_length < decoder_input_ids.shape[1]:
-                next_sequence_length = decoder_input_ids.shape[1] - past_length
+            if 0 < past_length < input_ids.shape[1]:
+                next_sequence_length = input_ids.shape[1] - past_length
+        if kwargs.get("decoder_inputs_embeds") is not None:
+            raise ValueError("generate() feeds the decoder its own tokens (a prompt goes in `decoder_input_ids`): "
+                             "`decoder_inputs_embeds` are for teacher-forced forward passes.")
+        # The source's token types were read with the source, by the encoder, when `generate` began; transformers
+        # would cut them to the decoder's length and hand them to the decoder, which has no segments.
+        kwargs.pop("token_type_ids", None)
         return super().prepare_inputs_for_generation(
-            decoder_input_ids, next_sequence_length=next_sequence_length, cache=cache, **kwargs
+            input_ids, next_sequence_length=next_sequence_length, cache=cache, **kwargs
         )
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
@@ -970,10 +1085,12 @@ class MiniTransformerForSeq2SeqLM(MiniTransformerPreTrainedModel, MiniTransforme
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        token_type_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqLMOutput:
         r"""
         input_ids / attention_mask: (batch, source) source tokens and their padding mask (1 real, 0 pad).
+        token_type_ids: (batch, source) the source's segment ids, for the encoder (see MiniTransformerModel).
         decoder_input_ids: (batch, target) decoder inputs; by default `labels` shifted right behind
             `config.decoder_start_token_id`.
         encoder_outputs: the encoder's output, to skip re-encoding (what `generate` passes at every step).
@@ -998,6 +1115,7 @@ class MiniTransformerForSeq2SeqLM(MiniTransformerPreTrainedModel, MiniTransforme
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
+            token_type_ids=token_type_ids,
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
@@ -1019,6 +1137,7 @@ class MiniTransformerForSequenceClassification(MiniTransformerPreTrainedModel):
     """Pools the sequence (`config.classifier_pooling`) and classifies it; regression, single- or multi-label."""
 
     def __init__(self, config: MiniTransformerConfig):
+        config = copy.deepcopy(config)  # the head's own copy, as MiniTransformerForMaskedLM's
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = MiniTransformerModel(config)
@@ -1035,15 +1154,19 @@ class MiniTransformerForSequenceClassification(MiniTransformerPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> SequenceClassifierOutput:
         r"""
         labels: (batch,) class ids, (batch, num_labels) multi-hot floats, or (batch,) floats for regression;
             `config.problem_type` decides (inferred from num_labels and the labels' dtype when unset).
+        token_type_ids: (batch, seq) segment ids, read by models with `config.type_vocab_size` (BERT's); all-zero ids,
+            as a BERT tokenizer returns them for one text, are taken by every model.
         Returns `SequenceClassifierOutput` with `logits` (batch, num_labels).
         """
         outputs = self.model(
-            input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
+            input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds,
+            token_type_ids=token_type_ids, **kwargs,
         )
         pooled = self.pool(outputs.last_hidden_state, attention_mask)
         logits = self.classifier(self.dropout(pooled))
@@ -1074,6 +1197,7 @@ class MiniTransformerForTokenClassification(MiniTransformerPreTrainedModel):
     """A label for every token (NER, tagging): dropout + linear classifier over each hidden state."""
 
     def __init__(self, config: MiniTransformerConfig):
+        config = copy.deepcopy(config)  # the head's own copy, as MiniTransformerForMaskedLM's
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = MiniTransformerModel(config)
@@ -1090,14 +1214,18 @@ class MiniTransformerForTokenClassification(MiniTransformerPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> TokenClassifierOutput:
         r"""
         labels: (batch, seq) class ids, -100 for positions to ignore (padding, continuation sub-words).
+        token_type_ids: (batch, seq) segment ids, read by models with `config.type_vocab_size` (BERT's); all-zero ids,
+            as a BERT tokenizer returns them for one text, are taken by every model.
         Returns `TokenClassifierOutput` with `logits` (batch, seq, num_labels).
         """
         outputs = self.model(
-            input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
+            input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds,
+            token_type_ids=token_type_ids, **kwargs,
         )
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
@@ -1106,6 +1234,24 @@ class MiniTransformerForTokenClassification(MiniTransformerPreTrainedModel):
         return TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
+
+
+# Every head with its Auto class. A saved config names in `auto_map` all the heads its weights serve, so one folder
+# serves each `AutoModelFor...` through `trust_remote_code=True` whichever head wrote it: the five heads of one stack
+# share the body `model.*`; an encoder-decoder checkpoint (two stacks, `model.encoder.*` and `model.decoder.*`)
+# serves SEQ2SEQ_AUTO_CLASS_NAMES, its AutoModel being the bare encoder-decoder.
+AUTO_CLASS_NAMES = {
+    "AutoModel": "MiniTransformerModel",
+    "AutoModelForMaskedLM": "MiniTransformerForMaskedLM",
+    "AutoModelForCausalLM": "MiniTransformerForCausalLM",
+    "AutoModelForSequenceClassification": "MiniTransformerForSequenceClassification",
+    "AutoModelForTokenClassification": "MiniTransformerForTokenClassification",
+    "AutoModelForSeq2SeqLM": "MiniTransformerForSeq2SeqLM",
+}
+SEQ2SEQ_AUTO_CLASS_NAMES = {
+    "AutoModel": "MiniTransformerSeq2SeqModel",
+    "AutoModelForSeq2SeqLM": "MiniTransformerForSeq2SeqLM",
+}
 
 
 __all__ = [

@@ -37,7 +37,11 @@ class MiniTransformerText2TextGenerationPipeline(Pipeline):
     def preprocess(self, text: str, truncation: bool = False) -> dict[str, torch.Tensor]:
         if not isinstance(text, str):
             raise ValueError(f"{type(self).__name__} takes a string or a list of strings, got {type(text).__name__}.")
-        return self.tokenizer(text, truncation=truncation, return_tensors="pt")
+        inputs = self.tokenizer(text, truncation=truncation, return_tensors="pt")
+        if inputs["input_ids"].shape[1] == 0:
+            raise ValueError(f"{type(self).__name__} got {text!r}, which tokenizes to no tokens: there is nothing to "
+                             "generate from.")
+        return inputs
 
     def _forward(self, model_inputs: dict[str, torch.Tensor], **generate_kwargs) -> dict[str, torch.Tensor]:
         in_batch = model_inputs["input_ids"].shape[0]

@@ -10,6 +10,10 @@ PRESETS = {
     # The default of the main job: trains on CPU in minutes.
     "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
                   max_position_embeddings=512),
+    # The paper's base model (Vaswani et al. Table 3): d_model 512, 8 heads, d_ff 2048, 6 layers (and, for seq2seq, 6
+    # decoder layers): MiniTransformerConfig's own defaults.
+    "paper": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, intermediate_size=2048,
+                  max_position_embeddings=512),
     # About GPT-2 small (124M with a 50k vocabulary): 12 layers, hidden 768, 12 heads, 1024 positions.
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                  max_position_embeddings=1024),

@@ -1,53 +1,169 @@
-"""Int8 weights for CPU inference, through torchao (the `quant` extra: `pip install -e .[quant]`).
+"""Int8 weights for CPU inference, on PyTorch's own oneDNN int8 matrix products (x86 CPUs; no extra package).
 
     from hf_minitransformer.quantization import quantize_int8
     model = quantize_int8(MiniTransformerForSeq2SeqLM.from_pretrained(folder).eval())
     model.generate(input_ids, max_new_tokens=32, cache_implementation="static")  # compiled: the fast path
 
-Not imported by the modeling file or the package: the exported trust_remote_code folder and every other user stay
-free of torchao. torchao is PyTorch's maintained quantization library; `torch.ao.quantization.quantize_dynamic`,
-the older route, is deprecated (its quantized tensors are to be removed, pytorch/pytorch#184982).
+Each `nn.Linear` becomes an `Int8Linear`: int8 weights with one scale per output row, packed once into oneDNN's
+blocked layout (`torch.ops.onednn.qlinear_prepack`), and the activations quantized to int8 at run time with one
+scale per token (symmetric, as torchao's dynamic int8 and CTranslate2 do). The product is
+`torch.ops.onednn.qlinear_pointwise`, the kernel that PyTorch's x86 inductor quantization (PT2E) lowers to; calling
+it from the module keeps `model.generate` the interface, where PT2E needs an exported graph. Inductor compiles that
+op only with the packed weight as a graph constant, so the static-cache decoding step of a quantized model compiles
+with inductor's freezing (`compiled_call_with_freezing`): the cache stays a graph input (the step writes it), the
+weights and scales become constants.
+
+Not imported by the modeling file or the package: the exported trust_remote_code folder stays as it was.
 """
 
 import types
+import warnings
+from collections.abc import Callable
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
+from transformers.cache_utils import Cache, EncoderDecoderCache
+
+
+# Inductor's lowering of the int8 product copies the weight zero points with torch.tensor(tensor), which warns at
+# every compilation (torch 2.13, torch/_inductor/mkldnn_lowerings.py); the copy is right, the warning is noise.
+warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning,
+                        module="torch._inductor.mkldnn_lowerings")
+
+
+class Int8Linear(nn.Module):
+    """`nn.Linear` with int8 weights (symmetric, one scale per output row) in oneDNN's packed layout, and int8
+    activations quantized per call (symmetric, one scale per token); float32 in and out."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
+        int8_weight = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        # Packed once here: the kernel would otherwise reorder the weight on every call. Not in the state dict
+        # (an opaque oneDNN tensor cannot be saved), which is why a quantized model refuses save_pretrained.
+        self.register_buffer("packed_weight", torch.ops.onednn.qlinear_prepack(int8_weight, None), persistent=False)
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("weight_zero_point", torch.zeros(scale.shape, dtype=torch.long))
+        # int8_matmul feeds the kernel activations + 128 as uint8; this takes the 128s back out of the products.
+        self.register_buffer("offset_products", 128 * scale * int8_weight.sum(dim=1).float())
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float().clone())
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and hidden_states.requires_grad:
+            return NoBackward.apply(self, hidden_states)
+        return int8_matmul(self, hidden_states)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights (oneDNN)"
+
+
+def int8_matmul(linear: Int8Linear, hidden_states: torch.Tensor) -> torch.Tensor:
+    """(..., in_features) float32 -> (..., out_features) float32: each row quantized to int8 with its own scale
+    (symmetric, like the weights), the integer product by oneDNN, then both scales and the bias applied."""
+    rows = hidden_states.reshape(-1, linear.in_features)  # (tokens, in_features)
+    scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127  # (tokens, 1)
+    # oneDNN's fast x86 path is uint8 x int8 (int8 x int8 fell to a reference kernel here, 2 s for the output
+    # projection), so the int8 rows go in shifted by 128. Not as the kernel's zero point: with one it recomputed
+    # its compensation on every call, twice the time of a 512 x 512 product; the shift's share of the integer sums,
+    # 128 x each weight row's sum, is a constant subtracted after (float32 keeps it to ~1e-7 of the sums).
+    shifted = (torch.round(rows / scale) + 128).to(torch.uint8)
+    products = torch.ops.onednn.qlinear_pointwise(  # (tokens, out_features): integer sums times the weight scales
+        shifted, 1.0, 0, linear.packed_weight, linear.weight_scale, linear.weight_zero_point, None, 1.0, 0,
+        torch.float32, "none", [], ""
+    )
+    output = (products - linear.offset_products) * scale
+    output = output if linear.bias is None else output + linear.bias
+    return output.reshape(*hidden_states.shape[:-1], linear.out_features)
+
+
+class NoBackward(torch.autograd.Function):
+    """The int8 product in a graph that records gradients; its backward refuses (the weights are int8 and packed:
+    there is nothing to train, and oneDNN's kernel has no derivative)."""
+
+    @staticmethod
+    def forward(ctx, linear: Int8Linear, hidden_states: torch.Tensor) -> torch.Tensor:
+        return int8_matmul(linear, hidden_states)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        raise RuntimeError(
+            "backward through a model quantized by quantize_int8: its int8 weights are for inference only. Train "
+            "(or fine-tune) the float32 model, then quantize a copy of it for inference."
+        )
 
 
 def quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
-    """Quantizes every `nn.Linear` of `model` in place, output projection included, and returns it: int8 weights
-    (one scale per output row) and activations quantized to int8 per token at run time (torchao's
-    `Int8DynamicActivationInt8WeightConfig`). Embeddings, LayerNorms and attention stay float32.
+    """Replaces every `nn.Linear` of `model` in place, output projection included, by an `Int8Linear`, and returns
+    it. Embeddings, LayerNorms and attention stay float32.
 
-    For inference in this process: the quantized model cannot train, and a tied output projection no longer shares
-    its tensor with the token embeddings, so save the float model, not this one. `generate` works with the default
-    cache (uncompiled; no faster than float32 at batch 1) and with `cache_implementation="static"`, which compiles
-    the decoding step on the CPU as for float32 and is where int8 pays: about twice the float32 tokens/s at
-    opus-mt sizes (docs/benchmarks.md).
+    For inference in this process: backward through it raises, and so does `save_pretrained` (save the float
+    model; a tied output projection no longer shares its tensor with the token embeddings). `generate` works with
+    the default cache (eager) and with `cache_implementation="static"`, which compiles the decoding step on the CPU
+    (with freezing, see the module docstring) and is the fast path (docs/benchmarks.md).
 
-    Raises ImportError without torchao, ValueError for a model off the CPU or in training mode.
+    Raises ValueError for a model off the CPU, in training mode, or already quantized; RuntimeError where this
+    PyTorch build has no oneDNN int8 kernels (they are x86 ones).
     """
-    try:
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-    except ImportError as error:
-        raise ImportError("quantize_int8 needs torchao: pip install -e .[quant]") from error
     if model.device.type != "cpu":
         raise ValueError(f"quantize_int8 is the CPU inference route; got a model on {model.device}")
     if model.training:
         raise ValueError("quantize_int8 is for inference; got a model in training mode (call model.eval() first)")
-    # Weight-only int8 (Int8WeightOnlyConfig) was about 3x slower than float32 on the CPU here (torchao 0.18): its
-    # matmul dequantizes the weight on each call; the int8 x int8 matmul of dynamic activations is not.
-    quantize_(model, Int8DynamicActivationInt8WeightConfig())  # its default filter: every nn.Linear
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            module.forward = types.MethodType(linear_on_rows, module)
+    already = sum(isinstance(module, Int8Linear) for module in model.modules())
+    if already:
+        raise ValueError(f"quantize_int8 got a model that is already quantized ({already} Int8Linear layers); "
+                         "quantize the float32 model once")
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")):
+        raise RuntimeError("quantize_int8 needs PyTorch's oneDNN int8 kernels (an x86 CPU build of torch)")
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, Int8Linear(child))
+    model.get_compiled_call = types.MethodType(compiled_call_with_freezing, model)
+    model.save_pretrained = types.MethodType(refuse_to_save, model)
     return model
 
 
-def linear_on_rows(linear: torch.nn.Linear, hidden_states: torch.Tensor) -> torch.Tensor:
-    """The quantized linear over (tokens, features) rows, reshaped back: inductor's code for torchao's int8 matmul
-    returns garbage for a (1, 1, features) input, a decoding step at batch 1 (torch 2.13, torchao 0.18; (1, features)
-    and (2, 3, features) are right), so the compiled static-cache step only ever gives it two dimensions."""
-    rows = hidden_states.reshape(-1, hidden_states.shape[-1])
-    return torch.nn.functional.linear(rows, linear.weight, linear.bias).reshape(*hidden_states.shape[:-1], -1)
+def compiled_call_with_freezing(model: PreTrainedModel, compile_config) -> Callable:
+    """transformers' compiled forward (what `generate` calls for each decoding step of a static cache), run with
+    inductor's freezing switched on: compilation happens inside the first call of each shape, so that is where the
+    switch must hold. (`CompileConfig(options={"freezing": True})` did not reach inductor's freezing pass, torch
+    2.13: the compile failed on the packed weight as it does without freezing.)
+
+    Freezing turns every tensor dynamo treats as a parameter into a constant of the compiled code, and that
+    includes the static cache's tensors, which transformers marks as static addresses (for CUDA graphs); the next
+    `generate` (a new cache) then ran on the first call's cache and indexed past its end. So the cache's tensors
+    lose that mark before each step: they stay inputs of the compiled step."""
+    compiled = type(model).get_compiled_call(model, compile_config)
+
+    def call(*args, **kwargs):
+        release_static_addresses(kwargs.get("cache"))
+        with torch._inductor.config.patch(freezing=True):
+            return compiled(*args, **kwargs)
+
+    return call
+
+
+def release_static_addresses(cache: Cache | None):
+    """Drops `torch._dynamo.mark_static_address`'s mark from the tensors of each layer of a transformers cache (an
+    `EncoderDecoderCache` holds two caches)."""
+    if cache is None:
+        return
+    parts = [cache]
+    if isinstance(cache, EncoderDecoderCache):
+        parts = [cache.self_attention_cache, cache.cross_attention_cache]
+    for layer in (layer for part in parts for layer in part.layers):
+        for name in ("keys", "values", "cumulative_length"):
+            tensor = getattr(layer, name, None)
+            if tensor is not None and hasattr(tensor, "_dynamo_static_input_type"):
+                del tensor._dynamo_static_input_type
+
+
+def refuse_to_save(model: PreTrainedModel, *args, **kwargs):
+    raise ValueError(
+        "save_pretrained of a model prepared for CPU inference (quantize_int8 or pack_output_projection): its packed "
+        "weights are not in the state dict, so the folder would lack them. Save the float32 model, and prepare it "
+        "again after loading it."
+    )

@@ -155,7 +155,7 @@ def trace(
             if module.config._attn_implementation != implementation:
                 module.set_attn_implementation(implementation)
         model.train(was_training)
-    walkthrough = recorder.walkthrough(outputs.logits[0], tokens, tokenizer)
+    walkthrough = recorder.walkthrough(outputs.logits[0], tokens)
     if not (config.is_decoder or config.is_encoder_decoder):  # a masked LM predicts the token at a position
         masks = (inputs["input_ids"][0] == tokenizer.mask_token_id).nonzero() if tokenizer.mask_token else []
         position = int(masks[0, 0]) if len(masks) else len(tokens["input"]) - 1
@@ -340,7 +340,7 @@ class _Recorder:
 
     # --- the result ---
 
-    def walkthrough(self, logits: torch.Tensor, tokens: dict[str, list[str]], tokenizer) -> Walkthrough:
+    def walkthrough(self, logits: torch.Tensor, tokens: dict[str, list[str]]) -> Walkthrough:
         # The hooks fire in the order the forward pass runs, which is the document's: embeddings, then per layer
         # Q, K, V, scores, weights, heads (inside attention), MultiHead, Add & Norm, the FFN, the layer output.
         stages = list(self.records)

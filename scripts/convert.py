@@ -18,9 +18,14 @@ Steps, each of which stops with a message saying what is wrong, before anything 
    argmax everywhere (a bare BertModel: its hidden states), and greedy and beam-4 `generate` must give the same tokens;
    print the figures;
 4. write the folder under a temporary name, reload it with AutoModelFor... and check its logits equal the converted
-   model's bit for bit, then rename it: safetensors, config.json with auto_map, the code files, the source's tokenizer,
-   generation_config.json with the source's generation defaults, and a README.md model card naming the source, its
-   license and the figures.
+   model's bit for bit, then rename it: safetensors, config.json with auto_map, the code files, the source's tokenizer
+   (its model_max_length capped at the model's positions), generation_config.json with the source's generation
+   defaults, a README.md model card naming the source, its license and the figures, and conversion.json (the source
+   and every file written, with its size and sha256), written last.
+
+`--overwrite` replaces only a folder that convert.py wrote and nobody changed since (its conversion.json lists every
+file in it, unchanged), never one that holds the source or anything else. A checkpoint without tokenizer files is
+converted without a tokenizer, and the script says so.
 """
 
 import argparse
@@ -28,6 +33,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import ModelCard, ModelCardData
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -40,10 +46,12 @@ from transformers import (
     GPT2LMHeadModel,
     MarianMTModel,
 )
+from transformers.utils import has_file
 
 import hf_minitransformer  # noqa: F401  (registers MiniTransformer with the Auto classes)
 from hf_minitransformer.atomic_files import folder_renamed_into_place
 from hf_minitransformer.conversion import compare_models, conversion_is_exact, convert_config, convert_model
+from hf_minitransformer.manifest import write_folder_record, written_folder_problem
 
 
 SAMPLE_SOURCES = [
@@ -71,6 +79,11 @@ KINDS = {
 BERT_MLM_ARCHITECTURES = ("BertForMaskedLM", "BertForPreTraining")
 ATOL = 1e-4
 MIN_PROMPT = 12  # random-id prompts have this many tokens
+RECORD = "conversion.json"  # written last into the folder: the source and every file written
+# The files a tokenizer is read from, one of which every transformers tokenizer saves. Without any, AutoTokenizer in
+# transformers 5.24 does not fail: it builds a made-up tokenizer from the config (5 tokens for a BERT checkpoint).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "merges.txt", "source.spm",
+                   "spiece.model", "tokenizer.model", "sentencepiece.bpe.model")
 
 
 class ConversionMismatchError(ValueError):
@@ -83,19 +96,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "BertForMaskedLM or BertModel checkpoint.")
     parser.add_argument("output_dir", help="Folder to write; must not exist unless --overwrite.")
     parser.add_argument("--revision", default=None, help="Branch, tag or commit of a Hub source.")
-    parser.add_argument("--overwrite", action="store_true", help="Replace OUTPUT_DIR if it exists.")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace OUTPUT_DIR if it is a folder that convert.py wrote (its conversion.json lists "
+                             "every file in it).")
     parser.add_argument("--max_new_tokens", type=int, default=20, help="Tokens each checked generation produces.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random-id sample inputs.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.max_new_tokens < 1:
+        parser.error(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> Path:
     """Convert, check, write; returns the written folder."""
     args = parse_args(argv)
     output = Path(args.output_dir)
-    if output.exists() and not args.overwrite:
-        raise ValueError(f"{str(output)!r} already exists; pass --overwrite to replace it, or choose another folder.")
-    source_config = AutoConfig.from_pretrained(args.source, revision=args.revision)
+    check_output(output, args.source, args.overwrite)
+    source_config = load_config(args.source, args.revision)
     convert_config(source_config)  # refuses what cannot be converted before any weight is downloaded or loaded
     most = source_config.max_position_embeddings - MIN_PROMPT
     if not 1 <= args.max_new_tokens <= most:
@@ -106,6 +123,9 @@ def main(argv: list[str] | None = None) -> Path:
     tokenizer = load_tokenizer(args.source, args.revision)
 
     target, notes = convert_model(source)
+    if tokenizer is not None and tokenizer.model_max_length > target.config.max_position_embeddings:
+        # Saved without a limit (1e30), `truncation=True` would cut nothing and a longer input fail in the model.
+        tokenizer.model_max_length = target.config.max_position_embeddings
     for note in notes:
         print(f"note: {note}")
     batches, prompts = sample_inputs(source, tokenizer, args.seed, args.max_new_tokens)
@@ -117,9 +137,52 @@ def main(argv: list[str] | None = None) -> Path:
             f"1.0, identical generations); got {figures}. Nothing was written."
         )
     write_folder(output, target, tokenizer, family, card(args.source, args.revision, source, figures, family),
-                 batches[0], overwrite=args.overwrite)
-    print(f"Wrote {output}")
+                 batches[0], overwrite=args.overwrite, record=dict(source=args.source, revision=args.revision))
+    print(f"Wrote {output}" + ("" if tokenizer is not None else f", without a tokenizer: {args.source} has none"))
     return output
+
+
+def check_output(output: Path, source: str, overwrite: bool):
+    """Refuse, before any work, an OUTPUT_DIR that cannot be a folder, or that exists and may not be replaced: only a
+    folder convert.py wrote, exactly as it wrote it, is replaced, and never one that holds the source."""
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"OUTPUT_DIR {str(output)!r} is a file; give the path of a folder to write.")
+    blocking = next(parent for parent in output.absolute().parents if parent.exists())
+    if not blocking.is_dir():
+        raise ValueError(f"OUTPUT_DIR {str(output)!r} cannot be created: {str(blocking)!r} is a file.")
+    if not output.exists():
+        return
+    if not overwrite:
+        raise ValueError(f"{str(output)!r} already exists; pass --overwrite to replace a folder convert.py wrote, or "
+                         "choose another folder.")
+    if Path(source).exists() and output.resolve() in (Path(source).resolve(), *Path(source).resolve().parents):
+        raise ValueError(f"--overwrite would replace {str(output)!r}, which holds the source {source!r}; choose "
+                         "another OUTPUT_DIR.")
+    problem = written_folder_problem(output, RECORD)
+    if problem is not None:
+        raise ValueError(f"--overwrite replaces only a folder that convert.py wrote, unchanged since, and "
+                         f"{str(output)!r} is not one: {problem}. Remove it yourself if it may go, or choose another "
+                         "OUTPUT_DIR.")
+
+
+def load_config(source: str, revision: str | None):
+    """The source's config; a ValueError of one line when there is none to read."""
+    if Path(source).is_file():
+        raise ValueError(f"SOURCE {source!r} is a file; give a checkpoint folder or a Hub model id.")
+    if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+        raise ValueError(f"SOURCE {source!r} is a folder without config.json: not a transformers checkpoint.")
+    if not Path(source).exists() and (source.startswith(("/", ".", "~")) or source.count("/") > 1):
+        raise ValueError(f"SOURCE {source!r} does not exist (and a Hub model id is 'name' or 'owner/name').")
+    try:
+        return AutoConfig.from_pretrained(source, revision=revision)
+    except OSError as error:
+        problem = (": its config.json does not load" if Path(source).is_dir() else
+                   " is neither a local folder nor a Hub model that can be reached")
+        raise ValueError(f"SOURCE {source!r}{problem} ({first_line(error)}).") from None
+
+
+def first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def kind_of(source_config) -> dict:
@@ -131,8 +194,14 @@ def kind_of(source_config) -> dict:
 
 def load_source(source_class, source: str, revision: str | None):
     """The source in float32, eval mode; refuses a checkpoint that lacks weights (they would be random)."""
-    model, info = source_class.from_pretrained(source, revision=revision, dtype=torch.float32,
-                                               output_loading_info=True)
+    try:
+        model, info = source_class.from_pretrained(source, revision=revision, dtype=torch.float32,
+                                                   output_loading_info=True)
+    except SafetensorError as error:
+        raise ValueError(f"{source}'s weights do not load ({error}): the file is truncated or damaged; download "
+                         "or copy it again.") from None
+    except OSError as error:
+        raise ValueError(f"{source} has no weights that load ({first_line(error)}).") from None
     if info["missing_keys"]:
         raise ValueError(f"{source} lacks weights {sorted(info['missing_keys'])}: a {source_class.__name__} loaded "
                          "from it would be partly random, so there is nothing exact to convert.")
@@ -140,13 +209,18 @@ def load_source(source_class, source: str, revision: str | None):
 
 
 def load_tokenizer(source: str, revision: str | None):
-    """The source's tokenizer, or None (with a note) when the checkpoint has none."""
+    """The source's tokenizer, or None (with a note) when the checkpoint has no tokenizer files; told by the files,
+    since AutoTokenizer makes one up rather than fail. Tokenizer files that do not load are refused."""
+    present = [name for name in TOKENIZER_FILES if has_file(source, name, revision=revision)]
+    if not present:
+        print(f"note: {source} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); checking on random "
+              "token ids only, and the folder will have no tokenizer.")
+        return None
     try:
         return AutoTokenizer.from_pretrained(source, revision=revision)
-    except (OSError, ValueError) as error:
-        print(f"note: no tokenizer loads from {source} ({error}); checking on random token ids only, and the folder "
-              "will have no tokenizer.")
-        return None
+    except (OSError, ValueError, ImportError) as error:
+        raise ValueError(f"{source}'s tokenizer ({', '.join(present)}) does not load: {first_line(error)}. A Marian "
+                         "tokenizer needs the convert extra (pip install -e '.[convert]').") from None
 
 
 def sample_inputs(source, tokenizer, seed: int, max_new_tokens: int) -> tuple[list[dict], list[dict]]:
@@ -271,9 +345,9 @@ With `hf_minitransformer` installed, `import hf_minitransformer` and drop `trust
 
 
 def write_folder(output: Path, model, tokenizer, family: dict, model_card: ModelCard, batch: dict,
-                 overwrite: bool):
+                 overwrite: bool, record: dict):
     """Write under a temporary name, check the folder reloads to the same logits, then rename: a crash or a failed
-    check never leaves a half-written or wrong OUTPUT_DIR."""
+    check never leaves a half-written or wrong OUTPUT_DIR. `record` (the source) goes into conversion.json."""
     with folder_renamed_into_place(output, replace=overwrite) as partial:  # OUTPUT_DIR is moved aside until then
         model.save_pretrained(partial)  # safetensors, config + auto_map, code files, generation_config.json
         if tokenizer is not None:
@@ -285,7 +359,11 @@ def write_folder(output: Path, model, tokenizer, family: dict, model_card: Model
         name = "logits" if getattr(expected, "logits", None) is not None else "last_hidden_state"
         if not torch.equal(got[name], expected[name]):
             raise ConversionMismatchError(f"The folder written to {partial} does not reload to the same {name}.")
+        write_folder_record(partial, RECORD, **record)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as error:  # bad input, or a conversion that is not exact: one line, not a traceback
+        raise SystemExit("error: " + " ".join(str(error).split("\n"))) from None

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Follow one text through a MiniTransformer, stage by stage, as the source document does, and draw its attention.
 
-    python scripts/inspect_model.py outputs/dates --text "March 14th, 1987" --target "1987-03-14" --output_dir out
-    python scripts/inspect_model.py outputs/main_job --text "def main(args):" --output_dir out/clm
+    python scripts/inspect_model.py outputs/dates --text "March 14th, 1987" --target "1987-03-14" \
+        --output_dir outputs/dates-inspect
+    python scripts/inspect_model.py outputs/main_job --text "def main(args):" --output_dir outputs/main_job-inspect
 
 MODEL is a saved model folder (trained here, converted, or downloaded; add --trust_remote_code for a folder whose
 code is not this package's). The head follows the config: encoder-decoder -> AutoModelForSeq2SeqLM (--target is the
@@ -13,6 +14,11 @@ a few values) and writes to --output_dir: positional_encoding.png, one attention
 attention (every head, axes labelled with the tokens), walkthrough.tsv (the table) and walkthrough.html, one
 self-contained page (figures inlined) with table and figures in the document's order. Needs matplotlib
 (`pip install -e .[inspect]`).
+
+It refuses, with one `error:` line, what it cannot trace: a folder that is not a MiniTransformer (a GPT-2 or BERT
+checkpoint: convert it first with scripts/convert.py), weights that do not load or are not finite, an empty --text,
+--target for a model that is not an encoder-decoder, an --output_dir that is a file. A folder saved without a
+language-model head (a bare model, a classifier) is traced with a note: its logits come from an untrained head.
 """
 
 import argparse
@@ -22,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoTokenizer
 
 import hf_minitransformer  # noqa: F401  (registers MiniTransformer with the Auto classes)
@@ -34,7 +41,7 @@ SECTIONS = [
     ("embeddings", "Input and embedding: X is n x d_model, plus the positional encoding PE"),
     ("self_attn", "Self-attention, multi-head: Q_i, K_i, V_i, "
                   "softmax(Q_i K_i^T / sqrt(d_k)) V_i, Concat W_O, then Add & Norm"),
-    ("masked_self_attn", "Masked self-attention of the decoder: position t sees positions <= t only"),
+    ("masked_self_attn", "Masked self-attention: position t sees positions <= t only"),
     ("cross_attn", "Cross-attention: queries from the decoder, K and V from the encoder output"),
     ("ffn", "Feed-forward network: FFN(Z) = ReLU(Z W_1 + b_1) W_2 + b_2, then Add & Norm"),
     ("", "Layer output"),
@@ -54,22 +61,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trust_remote_code", action="store_true",
                         help="Load a folder whose modeling code is its own (remote code) rather than this package's.")
     parser.add_argument("--dpi", type=int, default=80, help="Resolution of the figures.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.text:
+        parser.error("--text must not be empty: the walkthrough follows its tokens")
+    if args.dpi <= 0:
+        parser.error(f"--dpi must be positive, got {args.dpi}")
+    output_dir = Path(args.output_dir)
+    blocking = next((p for p in (output_dir, *output_dir.absolute().parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        parser.error(f"--output_dir {args.output_dir!r} cannot be a folder: {str(blocking)!r} is a file")
+    return args
 
 
 def load_model(path: str, trust_remote_code: bool):
-    """The head that fits the config, in eval mode, and the folder's tokenizer."""
+    """The head that fits the config, in eval mode, and the folder's tokenizer; ValueError for a folder it cannot
+    trace."""
     if not (Path(path) / "config.json").is_file():
         raise ValueError(f"MODEL {path!r} is not a saved model folder (no config.json).")
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = task_of_config(config).auto_class.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
+    if config.model_type != "minitransformer":
+        raise ValueError(f"MODEL {path!r} is a {config.model_type!r} model; the walkthrough traces MiniTransformer "
+                         "models only (a Marian, GPT-2 or BERT checkpoint converts with scripts/convert.py).")
+    auto_class = task_of_config(config).auto_class
+    try:
+        model, info = auto_class.from_pretrained(path, trust_remote_code=trust_remote_code, output_loading_info=True)
+    except SafetensorError as error:
+        raise ValueError(f"MODEL {path!r}: the weights do not load ({error}); the file is truncated or "
+                         "damaged.") from None
+    except OSError as error:
+        raise ValueError(f"MODEL {path!r} has no weights that load ({str(error).strip().splitlines()[0]}).") from None
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"MODEL {path!r} has weights that are not finite numbers ({name} holds NaN or inf): "
+                             "the table would be NaN. Use an earlier checkpoint of the run.")
+    if info["missing_keys"]:
+        print(f"note: {path} holds a {', '.join(config.architectures or ['model'])} without the weights of a "
+              f"language-model head ({', '.join(sorted(info['missing_keys']))}, newly initialised here): the stages "
+              "up to the final hidden states are the saved model's, the logits and probabilities come from an "
+              "untrained head.")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    return model, tokenizer
+    return model.eval(), tokenizer
+
+
+def check_finite(walkthrough: Walkthrough):
+    """Refuse a trace whose values overflowed. The scaled scores are left out: masked positions hold the mask's
+    large negative value by design."""
+    for stage in walkthrough.stages:
+        if not stage.name.endswith(".scores") and not torch.isfinite(stage.tensor).all():
+            raise ValueError(f"The forward pass is not finite from stage {stage.name} ({stage.title}) on: the "
+                             "model's weights overflow on this text, and the table would show NaN or inf.")
 
 
 # --- the table ----------------------------------------------------------------------------------------------------
 
-def shape_text(stage: Stage, sizes: dict[str, int]) -> str:
+def shape_text(stage: Stage) -> str:
     """(h=4, n=7, d_k=16): each dimension with the document's name and its size."""
     parts = []
     for name, size in zip(stage.dims, stage.tensor.shape, strict=True):
@@ -78,10 +123,15 @@ def shape_text(stage: Stage, sizes: dict[str, int]) -> str:
 
 
 def values_text(stage: Stage) -> str:
-    """The first few values of the first row (of the first head), e.g. [0.12, -1.3, 0.5, 2.01, ...]."""
-    row = stage.tensor.reshape(-1, stage.tensor.shape[-1])[0].float()
-    shown = ", ".join(f"{value:.3g}" for value in row[:NUM_VALUES].tolist())
-    return f"[{shown}{', ...' if row.numel() > NUM_VALUES else ''}]"
+    """The first few values of the first row (of the first head), e.g. [0.12, -1.3, 0.5, 2.01, ...]: token ids as
+    integers, and a score the mask pushed to the dtype's lowest value (or -inf) as "masked"."""
+    row = stage.tensor.reshape(-1, stage.tensor.shape[-1])[0]
+    if row.is_floating_point():
+        masked = torch.finfo(row.dtype).min / 2
+        shown = ["masked" if value <= masked else f"{value:.3g}" for value in row[:NUM_VALUES].float().tolist()]
+    else:
+        shown = [str(value) for value in row[:NUM_VALUES].tolist()]
+    return f"[{', '.join(shown)}{', ...' if row.numel() > NUM_VALUES else ''}]"
 
 
 def table_rows(walkthrough: Walkthrough, tokenizer) -> list[tuple[str, str, str, str, str]]:
@@ -92,7 +142,7 @@ def table_rows(walkthrough: Walkthrough, tokenizer) -> list[tuple[str, str, str,
         if stage.name == "probabilities":
             values = ", ".join(f"{token!r} {p:.3f}" for token, p in top_predictions(walkthrough, tokenizer))
             values = f"{walkthrough.predicts}: {values}"
-        rows.append((stage.name, stage.title, stage.symbol, shape_text(stage, walkthrough.sizes), values))
+        rows.append((stage.name, stage.title, stage.symbol, shape_text(stage), values))
     return rows
 
 
@@ -140,7 +190,7 @@ def plot_attention(walkthrough: Walkthrough, stage: Stage, path: Path, dpi: int)
         if head >= heads:
             ax.axis("off")
             continue
-        ax.imshow(stage.tensor[head].float().numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
+        image = ax.imshow(stage.tensor[head].float().numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
         ax.set_title(f"head {head + 1}", fontsize=9)
         ax.set_xticks(range(len(keys)), [repr(t)[1:-1] for t in keys], rotation=90, fontsize=7)
         ax.set_yticks(range(len(queries)), [repr(t)[1:-1] for t in queries], fontsize=7)
@@ -150,6 +200,7 @@ def plot_attention(walkthrough: Walkthrough, stage: Stage, path: Path, dpi: int)
     rows_are = "; rows: decoder inputs, each predicting the next token" if stage.stack == "decoder" else ""
     fig.suptitle(f"{where}layer {stage.layer}: {label}{rows_are}", fontsize=10)
     fig.tight_layout()
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="attention weight")  # one scale: 0 to 1
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
 
@@ -230,6 +281,7 @@ def main(argv: list[str] | None = None) -> Walkthrough:
     model, tokenizer = load_model(args.model, args.trust_remote_code)
     loaded = time.perf_counter()
     walkthrough = trace(model, tokenizer, args.text, args.target)
+    check_finite(walkthrough)
     traced = time.perf_counter()
     rows = table_rows(walkthrough, tokenizer)
     print_table(rows, walkthrough)
@@ -247,5 +299,8 @@ def main(argv: list[str] | None = None) -> Walkthrough:
 
 
 if __name__ == "__main__":
-    with torch.no_grad():
-        main()
+    try:
+        with torch.no_grad():
+            main()
+    except ValueError as error:  # bad input: one line naming the value, not a traceback
+        raise SystemExit("error: " + " ".join(str(error).split("\n"))) from None

@@ -7,12 +7,13 @@
     python scripts/publish.py outputs/main_job --repo_id your-name/minitransformer-small --private
 
 Steps, each of which stops the publish with a message saying what is wrong:
-1. check the inputs: a training output folder (config, safetensors weights, tokenizer, training_summary.json), a valid
-   repo id, and a token for a real upload;
+1. check the inputs: a training output folder whose files are the ones its training_summary.json records (sizes
+   and sha256), a valid repo id, a license id the Hub knows, and a token for a real upload;
 2. stage into a new folder, written under a temporary name and renamed when complete: sharded safetensors weights,
    config.json with `auto_map` for every head it serves, the configuration, modeling and pipeline code, tokenizer,
-   generation config,
-   README.md rendered from the top-level model_card.md, and a PNG of the loss curves;
+   generation config, README.md rendered from the top-level model_card.md, a PNG of the loss curves, and
+   .publish-staging.json (every staged file; not uploaded), which lets a later call (after a dry run, or a failed
+   validation or upload) recognise the folder as its own and stage it again;
 3. validate in a fresh, offline subprocess in which `hf_minitransformer` cannot be imported: the config, every Auto
    class and the tokenizer load with `trust_remote_code=True`, the weights and logits equal this process's, a
    pipeline runs, and the card's metadata parses;
@@ -20,6 +21,7 @@ Steps, each of which stops the publish with a message saying what is wrong:
 """
 
 import argparse
+import html
 import json
 import math
 import os
@@ -36,6 +38,8 @@ from transformers import AutoTokenizer
 
 import hf_minitransformer  # noqa: F401  (registers MiniTransformer with the Auto classes)
 from hf_minitransformer.atomic_files import folder_renamed_into_place
+from hf_minitransformer.manifest import write_folder_record, written_folder_problem
+from hf_minitransformer.training.run_folder import read_finished_run
 from hf_minitransformer.training.tasks import TASKS
 
 
@@ -45,10 +49,22 @@ VALIDATE_SCRIPT = Path(__file__).resolve().parent / "validate_hub_folder.py"
 LOSS_PLOT = "loss_curves.png"
 # Sequence-level metrics of a seq2seq summary's final_eval, as model-index results: key -> (type, display name).
 SEQUENCE_METRICS = {"bleu": ("bleu", "BLEU"), "chrf": ("chrf", "chrF"), "exact_match": ("exact_match", "Exact match")}
-# Config fields that training_summary.json and config.json must agree on: otherwise the folder mixes two runs.
-IDENTITY_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                   "max_position_embeddings")
 TEXT_SUFFIXES = (".json", ".md", ".py", ".txt", ".jinja", ".yaml")
+STAGING_RECORD = ".publish-staging.json"  # written last into the staged folder; never uploaded
+# The license identifiers a Hub card's `license` accepts, as the Hub's documentation lists them
+# (https://huggingface.co/docs/hub/repositories-licenses, huggingface/hub-docs docs/hub/repositories-licenses.md);
+# huggingface_hub ships no such list. "other" asks for the license's text in a LICENSE file of the repository.
+HUB_LICENSES = (
+    "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0",
+    "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause", "bsd-3-clause",
+    "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0",
+    "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0", "cc-by-nc-nd-3.0",
+    "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0", "cdla-sharing-1.0",
+    "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0", "epl-2.0", "etalab-2.0", "eupl-1.1",
+    "agpl-3.0", "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1", "lgpl-3.0", "isc", "lppl-1.3c", "ms-pl",
+    "mpl-2.0", "odc-by", "odbl", "openrail++", "osl-3.0", "postgresql", "ofl-1.1", "ncsa", "unlicense", "zlib",
+    "pddl", "lgpl-lr", "deepfloyd-if-license", "llama2", "gemma", "unknown", "other",
+)
 
 
 class ValidationError(RuntimeError):
@@ -60,9 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("model_dir", help="The --output_dir of scripts/train.py.")
     parser.add_argument("--repo_id", required=True, help="Hub repository, 'user-or-org/name'.")
     parser.add_argument("--staging_dir", default=None,
-                        help="Where the repository folder is staged (default: MODEL_DIR-hub). Must not exist.")
+                        help="Where the repository folder is staged (default: MODEL_DIR-hub). Must not exist, unless "
+                             "an earlier publish.py staged it (it is then staged again).")
     parser.add_argument("--max_shard_size", default="2GB", help="Largest safetensors shard, e.g. '500MB', '2GB'.")
-    parser.add_argument("--license", default="apache-2.0", help="License identifier for the card's metadata.")
+    parser.add_argument("--license", default="apache-2.0",
+                        help="License identifier for the card's metadata, one the Hub knows (apache-2.0, mit, "
+                             "cc-by-4.0, ...: https://huggingface.co/docs/hub/repositories-licenses).")
     parser.add_argument("--private", action="store_true", help="Create the repository as private.")
     parser.add_argument("--revision", default=None, help="Branch to upload to (created if missing); default main.")
     parser.add_argument("--create_pr", action="store_true", help="Open a pull request instead of committing.")
@@ -70,7 +89,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--token", default=None, help="Hub token; default HF_TOKEN or the `hf auth login` token.")
     parser.add_argument("--dry_run", action="store_true",
                         help="Stop after staging and validation and list the files with their sizes.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.license not in HUB_LICENSES:
+        known = next((name for name in HUB_LICENSES if name == "-".join(args.license.lower().split())), None)
+        parser.error(f"--license must be a license identifier of the Hub, got {args.license!r}"
+                     + (f" (did you mean {known!r}?)" if known else "")
+                     + "; see https://huggingface.co/docs/hub/repositories-licenses, or pass 'other' and add the "
+                     "license text as a LICENSE file")
+    return args
 
 
 def main(argv: list[str] | None = None, api: HfApi | None = None) -> Path:
@@ -81,7 +107,7 @@ def main(argv: list[str] | None = None, api: HfApi | None = None) -> Path:
     validate(staged, model, summary["task"])
     if args.dry_run:
         print(f"Dry run: {staged} is ready to upload to {args.repo_id}:")
-        for path in sorted(p for p in staged.rglob("*") if p.is_file()):
+        for path in sorted(p for p in staged.rglob("*") if p.is_file() and p.name != STAGING_RECORD):
             print(f"  {path.relative_to(staged)}  {path.stat().st_size:,} bytes")
         return staged
     upload(staged, args, api or HfApi(token=token))
@@ -91,30 +117,13 @@ def main(argv: list[str] | None = None, api: HfApi | None = None) -> Path:
 def check_inputs(args: argparse.Namespace) -> tuple[dict, str | None]:
     """Every check that needs no work, before anything is written: returns the training summary and the token."""
     model_dir = Path(args.model_dir)
-    if not model_dir.is_dir():
-        raise ValueError(f"{str(model_dir)!r} is not a folder; pass the --output_dir of scripts/train.py.")
-    has_weights = (model_dir / "model.safetensors").is_file() or (model_dir / "model.safetensors.index.json").is_file()
-    if not (model_dir / "config.json").is_file() or not has_weights:
-        raise ValueError(f"{str(model_dir)!r} is not a training output: it needs config.json and model.safetensors.")
-    if not any((model_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-        raise ValueError(f"{str(model_dir)!r} has no tokenizer (tokenizer.json / tokenizer_config.json).")
-    summary_path = model_dir / "training_summary.json"
-    if not summary_path.is_file():
-        raise ValueError(f"{str(model_dir)!r} has no training_summary.json: the card's training section needs it.")
-    try:
-        summary = json.loads(summary_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{str(summary_path)!r} is not valid JSON: {error}.") from None
-    if summary.get("task") not in TASKS:
-        raise ValueError(f"training_summary.json has task {summary.get('task')!r}; publishable: {', '.join(TASKS)}.")
+    summary = read_finished_run(model_dir)  # one run's files, as it wrote them (their checksums)
     check_metrics(summary)
-    check_one_run(model_dir, summary)
     validate_repo_id(args.repo_id)  # HFValidationError, a ValueError, names the bad id
     if "/" not in args.repo_id:
         raise ValueError(f"--repo_id must be 'user-or-org/name', got {args.repo_id!r}.")
     staging = Path(args.staging_dir or f"{model_dir}-hub")
-    if staging.exists():
-        raise ValueError(f"Staging folder {str(staging)!r} already exists; remove it or pass another --staging_dir.")
+    check_staging(staging, model_dir)
     args.staging_dir = str(staging)
     token = None
     if not args.dry_run:
@@ -136,20 +145,20 @@ def check_metrics(summary: dict):
                              "numbers only. Evaluate the model on data it can score before publishing it.")
 
 
-def check_one_run(model_dir: Path, summary: dict):
-    """The model, tokenizer and summary must come from one run: a folder that mixes two is refused."""
-    config = json.loads((model_dir / "config.json").read_text())
-    recorded = summary.get("config") or {}
-    for field in IDENTITY_FIELDS:
-        if field in recorded and recorded[field] != config.get(field):
-            raise ValueError(f"{str(model_dir)!r} mixes two runs: training_summary.json describes a model with "
-                             f"{field} {recorded[field]} but config.json has {config.get(field)}.")
-    tokens = len(AutoTokenizer.from_pretrained(model_dir))
-    expected = summary.get("data", {}).get("tokenizer_size")
-    if tokens > config.get("vocab_size", tokens) or expected not in (None, tokens):
-        raise ValueError(f"{str(model_dir)!r} mixes two runs: its tokenizer has {tokens} tokens, but the model's "
-                         f"vocab_size is {config.get('vocab_size')}" + (
-                             f" and training used a tokenizer of {expected}." if expected is not None else "."))
+def check_staging(staging: Path, model_dir: Path):
+    """An existing staging folder is staged again only if publish.py staged it and nothing in it changed since (a dry
+    run, a failed validation or a failed upload leave it behind); anything else there is refused, never replaced."""
+    if not staging.exists():
+        return
+    if not staging.is_dir():
+        raise ValueError(f"Staging folder {str(staging)!r} is a file; remove it or pass another --staging_dir.")
+    if staging.resolve() in (model_dir.resolve(), *model_dir.resolve().parents):
+        raise ValueError(f"Staging folder {str(staging)!r} holds the training output {str(model_dir)!r}; pass "
+                         "another --staging_dir.")
+    problem = written_folder_problem(staging, STAGING_RECORD)
+    if problem is not None:
+        raise ValueError(f"Staging folder {str(staging)!r} already exists and is not one publish.py staged, unchanged "
+                         f"since: {problem}. Remove it, or pass another --staging_dir.")
 
 
 def local_paths(model_dir: Path, summary: dict) -> list[str]:
@@ -183,7 +192,7 @@ def stage(args: argparse.Namespace, summary: dict) -> tuple[Path, torch.nn.Modul
     Returns the folder and the model loaded from the training output, which validation compares the folder against.
     """
     final = Path(args.staging_dir)
-    with folder_renamed_into_place(final) as partial:
+    with folder_renamed_into_place(final, replace=True) as partial:  # an earlier staging: check_staging allowed it
         task = TASKS[summary["task"]]
         model = task.auto_class.from_pretrained(args.model_dir)
         model.save_pretrained(partial, max_shard_size=args.max_shard_size)  # weights, config + auto_map, code
@@ -192,6 +201,7 @@ def stage(args: argparse.Namespace, summary: dict) -> tuple[Path, torch.nn.Modul
         card = render_card(args, summary, model, loss_plot=LOSS_PLOT if has_plot else None)
         card.save(partial / "README.md")
         check_no_local_paths(partial, Path(args.model_dir), summary)
+        write_folder_record(partial, STAGING_RECORD, staged_by="scripts/publish.py")
     print(f"Staged {final}")
     return final, model
 
@@ -203,7 +213,8 @@ def render_card(args: argparse.Namespace, summary: dict, model: torch.nn.Module,
     final_eval = summary["final_eval"]
     metrics = {"perplexity": ("perplexity", "Perplexity")}
     metrics.update({key: value for key, value in SEQUENCE_METRICS.items() if key in final_eval})
-    results = [EvalResult(task_type=task.pipeline_tag, dataset_type="text", dataset_name=summary["data"]["source"],
+    data_name = " ".join(summary["data"]["source"].split())  # one line, whatever the file names hold
+    results = [EvalResult(task_type=task.pipeline_tag, dataset_type="text", dataset_name=data_name,
                           metric_type=metric_type, metric_name=metric_name, metric_value=round(final_eval[key], 4))
                for key, (metric_type, metric_name) in metrics.items()]
     card_data = ModelCardData(license=args.license, library_name="transformers", pipeline_tag=task.pipeline_tag,
@@ -232,7 +243,14 @@ def render_card(args: argparse.Namespace, summary: dict, model: torch.nn.Module,
         card_data, template_path=str(CARD_TEMPLATE), model_name=name, repo_id=args.repo_id,
         head=type(model).__name__, auto_class=task.auto_class.__name__, num_parameters=model.num_parameters(),
         architecture=architecture, summary=summary, objective=task.objective, recipe=recipe, loss_plot=loss_plot,
+        data_source=table_cell(summary["data"]["source"]),
     )
+
+
+def table_cell(text: str) -> str:
+    """`text` as one cell of a Markdown table: a file name may hold `|`, a line break or HTML, which would end the
+    cell, the row or the table."""
+    return " ".join(html.escape(text, quote=False).replace("|", "\\|").split())
 
 
 def plot_losses(log_path: Path, out_path: Path) -> bool:
@@ -301,7 +319,8 @@ def upload(staged: Path, args: argparse.Namespace, api: HfApi):
     if args.revision and args.revision != "main":
         api.create_branch(args.repo_id, branch=args.revision, exist_ok=True, repo_type="model")
     commit = api.upload_folder(repo_id=args.repo_id, folder_path=staged, repo_type="model", revision=args.revision,
-                               create_pr=args.create_pr, commit_message=args.commit_message)
+                               create_pr=args.create_pr, commit_message=args.commit_message,
+                               ignore_patterns=[STAGING_RECORD])
     print(f"Uploaded: {commit.pr_url if args.create_pr and commit.pr_url else commit.commit_url}")
     print(f"Load it with: AutoModel.from_pretrained({args.repo_id!r}, trust_remote_code=True, "
           f"revision={commit.oid!r})")

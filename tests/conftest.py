@@ -1,7 +1,9 @@
 """What every test file shares: tiny configs, tiny train.py runs, and the one way to run a fresh interpreter."""
 
+import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The import registers the Auto classes.
 from hf_minitransformer import MiniTransformerConfig  # noqa: E402
 from hf_minitransformer.data import train_bpe_tokenizer  # noqa: E402
+from hf_minitransformer.manifest import describe_files  # noqa: E402
 from hf_minitransformer.training.tasks import TASKS  # noqa: E402
 
 
@@ -42,6 +45,18 @@ def make_config(**overrides) -> MiniTransformerConfig:
     return MiniTransformerConfig(**{**TINY, **overrides})
 
 
+def twin_reading_segment_1_as_0(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a model with two token types whose (source) token-type table has its rows swapped: given segment 0,
+    or no token types, it computes what `model` computes for segment 1. Where the two agree, segment 1 reached every
+    step that reads it."""
+    twin = copy.deepcopy(model)
+    stack = twin.get_encoder() if twin.config.is_encoder_decoder else twin.model
+    with torch.no_grad():
+        table = stack.embeddings.token_type_embeddings.weight
+        table.copy_(table.flip(0))
+    return twin
+
+
 @pytest.fixture
 def tiny_config() -> MiniTransformerConfig:
     return make_config()
@@ -50,6 +65,15 @@ def tiny_config() -> MiniTransformerConfig:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_compiler():
+    # torch.compile keeps what it compiled per code object, and every head's forward is the one code object of
+    # transformers' deprecate_kwarg wrapper: entries left by one test's (freed) models whose addresses a later
+    # test's models reuse count toward that test's recompile limit (8), and a full-graph compile then fails.
+    yield
+    torch._dynamo.reset()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -89,6 +113,23 @@ def reset_accelerate():
 
 def read_summary(output_dir: Path) -> dict:
     return json.loads((output_dir / "training_summary.json").read_text())
+
+
+def train_straight_and_resumed(train, tmp_path: Path, args: list[str], step: int) -> tuple[Path, Path]:
+    """scripts/train.py (the loaded `train`) run in this process with `args` straight through into tmp_path/straight,
+    and again resumed from that run's checkpoint-STEP into tmp_path/resumed; both must end with bitwise-equal
+    weights. Returns (straight, resumed)."""
+    from safetensors.torch import load_file
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train.main([*args, "--output_dir", str(straight)])
+    reset_accelerate()
+    train.main([*args, "--resume_from_checkpoint", str(straight / "checkpoints" / f"checkpoint-{step}"),
+                "--output_dir", str(resumed)])
+    weights = [load_file(str(folder / "model.safetensors")) for folder in (straight, resumed)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    return straight, resumed
 
 
 def read_log(output_dir: Path) -> list[dict]:
@@ -154,6 +195,8 @@ def training_output(folder: Path, task: str = "clm") -> Path:
         summary["generation"] = {"num_beams": 1, "max_new_tokens": 16, "samples": 8}
         summary["data"] = {"source": "two snippets", "train_pairs": 30, "validation_pairs": 8,
                            "validation_modules": 2}
+    # As scripts/train.py records them: every file the final save wrote (here all there is so far).
+    summary["files"] = describe_files(folder, [path.name for path in folder.iterdir() if path.is_file()])
     (folder / "training_summary.json").write_text(json.dumps(summary))
     log = [{"step": 1, "loss": 5.6}, {"step": 2, "loss": 5.3}, {"step": 2, "eval_loss": 5.2}, {"step": 3, "loss": 5.0}]
     (folder / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
@@ -170,6 +213,14 @@ def edit_summary(folder: Path, **changes):
             target = target[parent]
         target[last] = value
     (folder / "training_summary.json").write_text(json.dumps(summary))
+
+
+def readme_block(containing: str, language: str) -> str:
+    """The README's ```LANGUAGE code block that contains `containing`; exactly one must."""
+    blocks = re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
+    found = [block for block in blocks if containing in block]
+    assert len(found) == 1, f"{len(found)} README {language} blocks contain {containing!r}"
+    return found[0]
 
 
 # --- fresh interpreters ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from .conftest import load_script, run_script
+from .conftest import SCRIPTS, load_script, run_command, run_script, script_env
 
 
 benchmark = load_script("benchmark")
@@ -74,13 +74,13 @@ def test_ctranslate2_translates_the_marian_weights(tmp_path):
 
 
 def test_int8_contender_generates_and_compares_with_float32():
-    pytest.importorskip("torchao")
     args = benchmark.parse_args(["--seq2seq_layers", "1", "--seq2seq_vocab_size", "300", "--seq2seq_source_len", "7",
-                                 "--seq2seq_new_tokens", "4"])
+                                 "--seq2seq_new_tokens", "4", "--generate_batch_sizes", "1", "8"])
     reference = benchmark.build_seq2seq("ours", args.seq2seq_vocab_size, args.seq2seq_layers)
     seconds, line, warm_up = benchmark.int8_run(reference, args)
     assert seconds(torch.randint(3, 299, (2, 7)), 5) > 0  # generate_seconds asserts exactly 5 tokens per row
-    assert "max |logit difference|" in line and "greedy tokens agree 100%" in line
+    assert "max |logit difference|" in line and "greedy tokens agree 100% at batch 1, " in line
+    assert "% at batch 8" in line  # both batch sizes compared in one process
     assert warm_up > 0  # the first static-cache call, timed apart
 
 
@@ -93,4 +93,26 @@ def test_inference_benchmark_runs_end_to_end(tmp_path):
     assert "| ours static / gpt2 default |" in result.stdout
     assert "| ours static / marian default |" in result.stdout
     assert result.stdout.count("Matrix products (torch.profiler") == 2
-    assert "Int8 row skipped" in result.stdout or "ours int8 (torchao): int8 weights" in result.stdout
+    assert "ours int8 (oneDNN): int8 weights" in result.stdout
+    assert "| ours float32, packed output projection static / ours static |" in result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_the_gpu_check_refuses_to_run_without_a_gpu(tmp_path):
+    earlier = tmp_path / "gpu_check"
+    (earlier / "summary.txt").parent.mkdir()
+    (earlier / "summary.txt").write_text("an earlier check")
+    env = {**script_env(tmp_path), "GPU_CHECK_DIR": str(earlier)}
+    result = run_command(["bash", str(SCRIPTS / "gpu_check.sh")], env, check=False, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: no CUDA device visible to ")
+    assert "summary" not in result.stdout  # nothing ran
+    assert (earlier / "summary.txt").read_text() == "an earlier check"  # and nothing was removed
+
+
+@pytest.mark.slow
+def test_onnx_contender_computes_the_logits_of_generate():
+    pytest.importorskip("onnxruntime")
+    model = benchmark.build_model("ours-causal", "tiny", 300, "all").eval()
+    seconds, export_seconds = benchmark.onnx_run(model, 7, 300)  # asserts generate's logits itself
+    assert seconds(torch.randint(3, 299, (2, 7)), 5) > 0 and export_seconds > 0

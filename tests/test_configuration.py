@@ -70,6 +70,13 @@ def test_every_default_is_pinned():
 def test_ints_are_accepted_for_float_fields_as_in_transformers_configs():
     config = MiniTransformerConfig(hidden_dropout_prob=0, attention_dropout=1, classifier_dropout=0)
     assert (config.hidden_dropout_prob, config.attention_dropout, config.classifier_dropout) == (0, 1, 0)
+    floats = [field.name for field in dataclasses.fields(MiniTransformerConfig)
+              if field.name in MiniTransformerConfig.__annotations__ and "float" in str(field.type)]
+    assert floats == ["hidden_dropout_prob", "attention_dropout", "layer_norm_eps", "initializer_range",
+                      "classifier_dropout"]
+    config = MiniTransformerConfig(**dict.fromkeys(floats, 1))  # every float field takes an int
+    assert [getattr(config, name) for name in floats] == [1] * 5
+    assert MiniTransformerConfig(initializer_range=0).initializer_range == 0
     with pytest.raises(ValueError, match="`hidden_dropout_prob` must be a probability between 0 and 1, got 2"):
         MiniTransformerConfig(hidden_dropout_prob=2)
 
@@ -78,7 +85,7 @@ def test_ints_are_accepted_for_float_fields_as_in_transformers_configs():
     "overrides, message",
     [
         (dict(hidden_size="512"), "`hidden_size`: Field 'hidden_size' expected int, got str (value: '512')"),
-        (dict(layer_norm_eps="x"), "`layer_norm_eps`: Field 'layer_norm_eps' expected float, got str"),
+        (dict(layer_norm_eps="x"), "`layer_norm_eps`: Field 'layer_norm_eps' with value 'x' doesn't match any type"),
         (dict(scale_embeddings="yes"), "`scale_embeddings`: Field 'scale_embeddings' expected bool"),
     ],
 )
@@ -116,6 +123,19 @@ def test_a_field_of_the_wrong_type_is_a_value_error(overrides, message):
         (dict(max_position_embeddings=0), "`max_position_embeddings` must be a positive integer"),
         (dict(layer_norm_eps=0.0), "`layer_norm_eps` must be positive"),
         (dict(hidden_size=36, num_attention_heads=12, position_embedding_type="rotary"), "even head size"),
+        # Infinity and NaN parse as numbers from JSON (config.json, --config_overrides) and from Python.
+        (dict(layer_norm_eps=float("inf")), "`layer_norm_eps` must be a finite number, got inf"),
+        (dict(initializer_range=float("nan")), "`initializer_range` must be a finite number, got nan"),
+        (dict(position_embedding_type="rotary", rope_parameters={"rope_type": "default", "rope_theta": float("inf")}),
+         "`rope_parameters['rope_theta']` must be a finite number, got inf"),
+        (dict(vocab_size=100, bos_token_id=100), "`bos_token_id` must be a token id in [0, vocab_size=100) or None, "
+                                                 "got 100"),
+        (dict(eos_token_id=-1), "`eos_token_id` must be a token id in [0, vocab_size=32000) or None, got -1"),
+        (dict(eos_token_id=[2, 40000]), "`eos_token_id` must be a token id in [0, vocab_size=32000) or None, got "
+                                        "[2, 40000]"),
+        (dict(vocab_size=100, decoder_start_token_id=120),
+         "`decoder_start_token_id` must be a token id in [0, vocab_size=100) or None, got 120"),
+        (dict(logits_with_loss="some"), "`logits_with_loss` must be one of 'all', 'labelled', 'none', got 'some'"),
     ],
 )
 def test_bad_values_raise_value_error_naming_field_and_value(overrides, message):
@@ -147,8 +167,12 @@ def test_presets_and_unknown_preset():
     base = config_from_preset("base", vocab_size=50257)
     assert (base.num_hidden_layers, base.hidden_size, base.num_attention_heads) == (12, 768, 12)
     assert base.max_position_embeddings == 1024 and base.vocab_size == 50257
-    assert set(PRESETS) >= {"tiny", "small", "base"}
-    with pytest.raises(ValueError, match="Unknown model preset 'huge'; choose one of 'tiny', 'small', 'base'"):
+    assert set(PRESETS) >= {"tiny", "small", "paper", "base"}
+    # The paper's base model (Table 3) is the config's own default, preset or not.
+    paper, default = config_from_preset("paper"), MiniTransformerConfig()
+    assert paper.to_dict() == default.to_dict()
+    with pytest.raises(ValueError, match="Unknown model preset 'huge'; choose one of 'tiny', 'small', 'paper', "
+                                         "'base'"):
         config_from_preset("huge")
 
 

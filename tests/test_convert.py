@@ -9,6 +9,9 @@ Nothing reaches the Hub.
 import contextlib
 import io
 import json
+import logging
+import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -29,7 +32,7 @@ from hf_minitransformer import MiniTransformerForCausalLM, MiniTransformerForSeq
 from hf_minitransformer.conversion import compare_models, conversion_is_exact, convert_config, convert_model
 from hf_minitransformer.conversion import marian_permutation as permutation
 
-from .conftest import load_script, run_python
+from .conftest import load_script, run_python, run_script
 
 
 sentencepiece = pytest.importorskip("sentencepiece", reason="Marian tokenizers need the `convert` extra")
@@ -154,11 +157,19 @@ def gpt2_source(tmp_path_factory) -> Path:
 
 
 def run_convert(*argv: str) -> str:
-    """scripts/convert.py in-process; returns what it printed."""
+    """scripts/convert.py in-process; returns what it printed, then the warnings transformers logged and the Python
+    warnings raised meanwhile (a user sees them all)."""
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        convert_script.main(list(argv))
-    return printed.getvalue()
+    handler = logging.StreamHandler(printed)
+    handler.setLevel(logging.WARNING)
+    transformers.logging.add_handler(handler)
+    try:
+        with contextlib.redirect_stdout(printed), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            convert_script.main(list(argv))
+    finally:
+        transformers.logging.remove_handler(handler)
+    return printed.getvalue() + "".join(f"{warning.category.__name__}: {warning.message}\n" for warning in caught)
 
 
 @pytest.fixture(scope="module")
@@ -334,6 +345,12 @@ def tiny_gpt2(**overrides) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(GPT2Config(**{**config, **overrides})).eval()
 
 
+def tiny_bert() -> transformers.BertForMaskedLM:
+    config = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=37, max_position_embeddings=64)
+    return transformers.BertForMaskedLM(config).eval()
+
+
 RANDOM_SOURCES = {
     "marian": tiny_marian,
     "marian_relu_unscaled": lambda: tiny_marian(activation_function="relu", scale_embedding=False, decoder_layers=3),
@@ -417,12 +434,154 @@ def test_the_script_writes_nothing_when_the_converted_model_differs(gpt2_source,
     assert list(tmp_path.iterdir()) == []
 
 
-def test_overwrite_replaces_an_existing_folder(gpt2_source, tmp_path):
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "stale.txt").write_text("old")
+def test_overwrite_replaces_a_folder_the_conversion_wrote(gpt2_source, gpt2_converted, tmp_path):
+    shutil.copytree(gpt2_converted[0], tmp_path / "out")
+    record = json.loads((tmp_path / "out" / "conversion.json").read_text())
+    assert record["source"] == str(gpt2_source)
+    assert set(record["files"]) == {p.name for p in (tmp_path / "out").iterdir()} - {"conversion.json"}
+    assert {"model.safetensors", "tokenizer.json", "config.json", "README.md"} <= set(record["files"])
     run_convert(str(gpt2_source), str(tmp_path / "out"), "--overwrite", "--max_new_tokens", "4")
-    assert not (tmp_path / "out" / "stale.txt").exists() and (tmp_path / "out" / "model.safetensors").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the earlier folder went, nothing is left aside
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_never_replaces_the_source_or_a_folder_it_did_not_write(gpt2_source, gpt2_converted, tmp_path):
+    # The issue's case: `convert.py SRC PARENT_OF_SRC --overwrite` deleted the source and its neighbours, exit 0.
+    parent = tmp_path / "checkpoints"
+    shutil.copytree(gpt2_source, parent / "gpt2")
+    (parent / "notes.txt").write_text("mine")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "stale.txt").write_text("old")
+    # A converted folder that has gained a file, or whose file changed, is no longer only what the conversion wrote.
+    shutil.copytree(gpt2_converted[0], tmp_path / "grown")
+    (tmp_path / "grown" / "my_eval.json").write_text("{}")
+    shutil.copytree(gpt2_converted[0], tmp_path / "edited")
+    (tmp_path / "edited" / "README.md").write_text("my own card")
+    before = tree(tmp_path)
+    for output, message in [
+        (parent, r"--overwrite would replace '.*checkpoints', which holds the source '.*gpt2'; choose another "
+                 "OUTPUT_DIR"),
+        (parent / "gpt2", "which holds the source"),
+        (tmp_path / "mine", r"--overwrite replaces only a folder that convert.py wrote, unchanged since, and "
+                            r"'.*mine' is not one: it has no conversion.json\. Remove it yourself"),
+        (tmp_path / "grown", "it holds my_eval.json, which conversion.json does not list"),
+        (tmp_path / "edited", r"README.md has \d+ bytes where \d+ were saved"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            run_convert(str(parent / "gpt2"), str(output), "--overwrite")
+    assert tree(tmp_path) == before  # nothing was touched
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "marian"])
+def test_a_checkpoint_without_tokenizer_files_converts_without_a_tokenizer_and_says_so(family, tmp_path):
+    # transformers' AutoTokenizer does not fail on such a folder: it made up a 5-token BERT tokenizer (written into
+    # the folder) and one GPT-2 and Marian could not use (the conversion crashed).
+    source = {"bert": tiny_bert, "gpt2": tiny_gpt2, "marian": tiny_marian}[family]()
+    source.save_pretrained(tmp_path / "source")
+    printed = run_convert(str(tmp_path / "source"), str(tmp_path / "out"), "--max_new_tokens", "4")
+    source_name, output_name = tmp_path / "source", tmp_path / "out"
+    assert f"note: {source_name} has no tokenizer files (none of tokenizer.json, tokenizer_config.json" in printed
+    assert printed.rstrip().endswith(f"Wrote {output_name}, without a tokenizer: {source_name} has none")
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert "model.safetensors" in written and not written & set(convert_script.TOKENIZER_FILES)
+
+
+def test_tokenizer_files_that_do_not_load_are_refused(gpt2_source, tmp_path):
+    shutil.copytree(gpt2_source, tmp_path / "source")
+    (tmp_path / "source" / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"'s tokenizer \(tokenizer.json, tokenizer_config.json\) does not load: "):
+        run_convert(str(tmp_path / "source"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_saved_tokenizer_truncates_to_the_models_positions(gpt2_source, gpt2_converted):
+    # Built without a limit, the source's tokenizer says model_max_length 1e30: `truncation=True` would cut nothing.
+    assert AutoTokenizer.from_pretrained(gpt2_source).model_max_length > 1e20
+    tokenizer = AutoTokenizer.from_pretrained(gpt2_converted[0])
+    assert tokenizer.model_max_length == SIZES["positions"]
+    assert len(tokenizer(" ".join(ENGLISH * 3), truncation=True)["input_ids"]) == SIZES["positions"]
+
+
+def test_the_marian_conversion_prints_no_library_warning(marian_converted):
+    # It printed "Both `max_new_tokens` (=10) and `max_length`(=24) seem to have been set" for each of its 8 checked
+    # generations, and MarianTokenizer's "Recommended: pip install sacremoses." (the convert extra now has it).
+    _, printed = marian_converted
+    assert "seem to have been set" not in printed and "sacremoses" not in printed
+    assert "Warning" not in printed and "warning" not in printed.lower()
+
+
+def write_source(folder: Path, kind: str) -> Path:
+    """A source folder that cannot be converted: an unsupported family (config only), or truncated weights."""
+    if kind in ("bart", "t5", "llama"):
+        config_class = {"bart": transformers.BartConfig, "t5": transformers.T5Config,
+                        "llama": transformers.LlamaConfig}[kind]
+        config_class(vocab_size=99).save_pretrained(folder)
+    else:
+        tiny_gpt2().save_pretrained(folder)
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return folder
+
+
+@pytest.mark.parametrize(("setup", "extra", "message"), [
+    (None, [], r"SOURCE '.*missing' does not exist \(and a Hub model id is 'name' or 'owner/name'\)"),
+    ("bart", [], "Cannot convert model_type='bart'; supported: 'marian', 'gpt2', 'bert'"),
+    ("t5", [], "Cannot convert model_type='t5'"),
+    ("llama", [], "Cannot convert model_type='llama'"),
+    ("truncated", [], r"'s weights do not load \(Error while deserializing header: .*\): the file is truncated or "
+                      "damaged"),
+    ("empty", [], "is a folder without config.json: not a transformers checkpoint"),
+    ("unreadable", [], r"SOURCE '.*missing': its config.json does not load \(It looks like the config file at"),
+    ("truncated", ["--max_new_tokens", "60"], r"--max_new_tokens must lie in \[1, 52\]"),
+])
+def test_bad_input_is_one_message_before_anything_is_written(tmp_path, setup, extra, message):
+    source = tmp_path / "missing"
+    if setup in ("empty", "unreadable"):
+        source.mkdir()
+        if setup == "unreadable":
+            (source / "config.json").write_text('{"model_type": "gpt2", ')
+    elif setup is not None:
+        write_source(source, setup)
+    with pytest.raises(ValueError, match=message):
+        run_convert(str(source), str(tmp_path / "out"), *extra)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_a_hub_id_that_cannot_be_reached_offline_is_one_message(tmp_path):
+    with pytest.raises(ValueError, match=r"SOURCE 'no-such-owner/no-such-model' is neither a local folder nor a Hub "
+                                         r"model that can be reached \(.+\)\.$"):
+        run_convert("no-such-owner/no-such-model", str(tmp_path / "out"))
+
+
+def test_output_paths_that_cannot_be_a_folder_are_refused(gpt2_source, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"OUTPUT_DIR '.*file' is a file; give the path of a folder to write"):
+        run_convert(str(gpt2_source), str(tmp_path / "file"), "--overwrite")
+    with pytest.raises(ValueError, match=r"OUTPUT_DIR '.*file/out' cannot be created: '.*file' is a file"):
+        run_convert(str(gpt2_source), str(tmp_path / "file" / "out"))
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_max_new_tokens_below_one_is_refused_when_parsed(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        convert_script.parse_args(["gpt2", "out", "--max_new_tokens", "0"])
+    assert exit_info.value.code == 2
+    message = "error: --max_new_tokens must be at least 1, got 0"
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+
+
+@pytest.mark.slow  # a fresh interpreter: ~10 s
+def test_the_command_line_prints_one_error_line_and_exits_1(tmp_path):
+    write_source(tmp_path / "bart", "bart")
+    result = run_script(tmp_path, "convert.py", str(tmp_path / "bart"), str(tmp_path / "out"), timeout=120,
+                        check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: Cannot convert model_type='bart'; supported: 'marian', 'gpt2', 'bert'.")
 
 
 REMOTE_CODE = """

@@ -15,7 +15,7 @@ from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer, BertCon
 from hf_minitransformer import MiniTransformerConfig, MiniTransformerForMaskedLM, MiniTransformerModel
 from hf_minitransformer.conversion import convert_config
 
-from .conftest import make_config, run_python
+from .conftest import make_config, readme_block, run_python
 from .test_convert import ENGLISH, LICENSE, SIZES, run_convert, train_a_few_steps, write_card
 
 
@@ -137,8 +137,10 @@ def test_the_bert_fields_are_off_by_default_and_build_nothing():
     model = MiniTransformerForMaskedLM(make_config())
     names = set(model.state_dict())
     assert not any("token_type" in name or "embeddings.layer_norm" in name or "transform" in name for name in names)
-    with pytest.raises(ValueError, match="`token_type_ids` were given, but this model has no token-type embeddings"):
-        model(input_ids=torch.ones(1, 3, dtype=torch.long), token_type_ids=torch.zeros(1, 3, dtype=torch.long))
+    # Segment 0 is the one segment it has (what a BERT tokenizer gives a single text); another is refused.
+    with pytest.raises(ValueError, match="`token_type_ids` were given with segment id 1, but this model has no "
+                                         "token-type embeddings"):
+        model(input_ids=torch.ones(1, 3, dtype=torch.long), token_type_ids=torch.ones(1, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="`type_vocab_size` must be a non-negative integer, got -1"):
         make_config(type_vocab_size=-1)
 
@@ -174,3 +176,13 @@ def test_converted_bert_loads_through_remote_code_without_the_package(bert_sourc
     torch.save(dict(batch=batch, logits=logits), tmp_path / "expected.pt")
     result = run_python(REMOTE_CODE, tmp_path, str(folder), str(tmp_path / "expected.pt"))
     assert result.stdout.splitlines() == ["transformers_modules True", str([p["token_str"] for p in expected])]
+
+
+@pytest.mark.slow  # a fresh interpreter: ~10 s
+def test_the_readmes_fill_mask_lines_run_as_printed(bert_converted, tmp_path):
+    # As a reader runs them: in a fresh process that has not imported the package, from a folder holding outputs/bert.
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "bert").symlink_to(bert_converted[0])
+    result = run_python(readme_block('pipeline("fill-mask", model="outputs/bert"', "python"), tmp_path)
+    assert "'token_str':" in result.stdout and "'sequence':" in result.stdout
+

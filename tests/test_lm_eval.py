@@ -14,7 +14,7 @@ import torch
 from hf_minitransformer import MiniTransformerForCausalLM
 from hf_minitransformer.data import train_bpe_tokenizer
 
-from .conftest import make_config, run_python
+from .conftest import SNIPPETS, make_config, readme_block, run_command, run_python, script_env
 
 
 pytest.importorskip("lm_eval")
@@ -137,3 +137,23 @@ def test_lm_eval_command_line_reports_the_models_own_accuracy_and_loglikelihoods
         [" " + choice for choice in QUESTIONS[sample["doc_id"]][1]] for sample in samples]
     torch.testing.assert_close(torch.tensor([reported[i] for i in range(len(QUESTIONS))], dtype=torch.float64),
                                torch.tensor(expected, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow  # the harness's start-up and ~200 kB of held-out modules: ~30 s
+def test_the_readmes_held_out_evaluation_runs_offline_as_printed(tmp_path):
+    tokenizer = train_bpe_tokenizer(iter([SNIPPETS]), vocab_size=300, with_mask_token=False)
+    # 1024 positions: the harness scores the text in windows of that many tokens, few enough to take seconds.
+    config = make_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, max_position_embeddings=1024,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = MiniTransformerForCausalLM(config).eval()
+    model.save_pretrained(tmp_path / "outputs" / "main_job")  # in place of the main job's folder
+    tokenizer.save_pretrained(tmp_path / "outputs" / "main_job")
+    env = script_env(tmp_path)
+    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", HF_DATASETS_OFFLINE="1",
+               HF_HOME=str(tmp_path / "hf_home"), LM_HARNESS_CACHE_PATH=str(tmp_path / "lm_eval_cache"))
+    block = readme_block("lm_eval --model hf", "bash")
+    result = run_command(["bash", "-e", "-c", block], env, cwd=tmp_path, timeout=900)
+    table = [line for line in result.stdout.splitlines() if "stdlib_heldout" in line or "bits_per_byte" in line]
+    assert any("bits_per_byte" in line for line in table), result.stdout[-3000:]
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["lm_eval", "main_job"]
+

@@ -1,3 +1,4 @@
+import inspect
 import re
 
 import pytest
@@ -18,7 +19,7 @@ from hf_minitransformer import (
 from hf_minitransformer import loss_minitransformer as loss_module
 from hf_minitransformer.modeling_minitransformer import MiniTransformerRotaryEmbedding
 
-from .conftest import make_config
+from .conftest import make_config, twin_reading_segment_1_as_0
 
 
 def batch(vocab_size=99, size=(2, 7)):
@@ -30,6 +31,72 @@ def test_base_model_shapes_and_final_norm():
         model = MiniTransformerModel(make_config(layer_norm_position=position)).eval()
         assert (model.final_layer_norm is not None) == (position == "pre")
         assert model(batch()).last_hidden_state.shape == (2, 7, 32)
+
+
+HEADS = [MiniTransformerForMaskedLM, MiniTransformerForCausalLM, MiniTransformerForSequenceClassification,
+         MiniTransformerForTokenClassification, MiniTransformerForSeq2SeqLM]
+
+
+@pytest.mark.parametrize("set_up", [False, True], ids=["plain config", "config of a model of this head"])
+@pytest.mark.parametrize("head", HEADS)
+def test_what_is_set_on_a_heads_config_stays_there(head, set_up):
+    # Each head works on its own copy (README): a caller builds several models from one config object, or goes on
+    # using it, and what one model sets must not reach the others. A config already made for the head (the one a
+    # checkpoint of it would load) is copied too.
+    config = head(make_config()).config if set_up else make_config()
+    before, implementation = config.to_dict(), config._attn_implementation
+    model = head(config)
+    model.config.num_labels = 5
+    model.set_attn_implementation("eager")
+    assert model.config is not config and model.config._attn_implementation == "eager"
+    assert config.to_dict() == before and config._attn_implementation == implementation
+    # The body shares its head's copy, so what is set on the head reaches the layers that read it.
+    assert model.base_model.config is model.config
+
+
+def forward_inputs(model_class) -> set[str]:
+    return set(inspect.signature(model_class.forward).parameters) - {"self", "kwargs"}
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_every_head_names_each_input_its_base_model_takes(head):
+    # transformers' rule for a family (GPT-2's and BERT's heads all name token_type_ids): what the base model takes,
+    # its heads name, so generate(), pipelines and exporters that read a signature see it.
+    base = MiniTransformerSeq2SeqModel if head is MiniTransformerForSeq2SeqLM else MiniTransformerModel
+    expected = forward_inputs(base) - {"encoder_hidden_states", "encoder_attention_mask"}  # the decoder stack's own
+    if head not in (MiniTransformerForCausalLM, MiniTransformerForSeq2SeqLM):
+        expected -= {"cache", "use_cache"}  # a bidirectional encoder keeps no cache
+    assert expected <= forward_inputs(head), expected - forward_inputs(head)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_token_types_reach_the_body_of_every_head(head):
+    model = head(make_config(type_vocab_size=2, num_labels=3)).eval()
+    input_ids = batch()
+    inputs = dict(input_ids=input_ids)
+    if model.config.is_encoder_decoder:
+        inputs["decoder_input_ids"] = input_ids[:, :4]
+    with torch.no_grad():
+        second_segment = model(**inputs, token_type_ids=torch.ones_like(input_ids)).logits
+        expected = twin_reading_segment_1_as_0(model)(**inputs).logits
+        first_segment = model(**inputs).logits
+    torch.testing.assert_close(second_segment, expected, rtol=0, atol=0)
+    assert not torch.allclose(second_segment, first_segment)
+
+
+def test_token_types_a_model_has_no_table_for_are_refused():
+    one_segment = MiniTransformerForCausalLM(make_config()).eval()  # type_vocab_size=0: segment 0 only
+    input_ids = batch()
+    with torch.no_grad():
+        plain = one_segment(input_ids).logits
+        torch.testing.assert_close(one_segment(input_ids, token_type_ids=torch.zeros_like(input_ids)).logits, plain)
+    with pytest.raises(ValueError, match="segment id 1, but this model has no token-type embeddings"):
+        one_segment(input_ids, token_type_ids=torch.ones_like(input_ids))
+    two_segments = MiniTransformerModel(make_config(type_vocab_size=2))
+    with pytest.raises(ValueError, match=r"segment id 2, outside the token types \[0, type_vocab_size=2\)"):
+        two_segments(input_ids, token_type_ids=torch.full_like(input_ids, 2))
+    with pytest.raises(ValueError, match=r"token_type_ids has shape \(2, 6\); expected .* \(2, 7\)"):
+        two_segments(input_ids, token_type_ids=torch.zeros(2, 6, dtype=torch.long))
 
 
 @pytest.mark.parametrize("head", [MiniTransformerForCausalLM, MiniTransformerForSeq2SeqLM])

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import CommitInfo, ModelCard
+from huggingface_hub.utils import filter_repo_objects
 from transformers import AutoTokenizer
 
 from hf_minitransformer import MiniTransformerForCausalLM
 from hf_minitransformer.data import DataArgs
+from hf_minitransformer.manifest import describe_files
 
-from .conftest import ROOT, SNIPPETS, edit_summary, load_script, run_script, training_output
+from .conftest import ROOT, SNIPPETS, edit_summary, load_script, read_summary, run_script, training_output
 
 
 publish = load_script("publish")
@@ -34,7 +36,9 @@ class RecordingHubApi:
 
     def upload_folder(self, **kwargs):
         self.calls.append(("upload_folder", kwargs["repo_id"], kwargs))
-        files = sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())
+        # What huggingface_hub would upload: the folder's files less those matching ignore_patterns.
+        files = sorted(filter_repo_objects([p.name for p in Path(kwargs["folder_path"]).iterdir()],
+                                           ignore_patterns=kwargs.get("ignore_patterns")))
         self.calls.append(("files", files))
         return CommitInfo(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/abc123",
                           commit_message=kwargs["commit_message"], commit_description="", oid="abc123",
@@ -105,6 +109,7 @@ def test_upload_calls_create_repo_branch_and_upload_folder(tmp_path, capsys, mon
     upload = api.calls[2][2]
     assert upload["folder_path"] == staged and upload["revision"] == "v1" and upload["create_pr"] is True
     assert "README.md" in api.calls[3][1] and "pipeline('fill-mask')" in capsys.readouterr().out
+    assert (staged / ".publish-staging.json").is_file() and ".publish-staging.json" not in api.calls[3][1]
     assert ModelCard.load(staged / "README.md").data.pipeline_tag == "fill-mask"
 
 
@@ -129,6 +134,12 @@ def test_validation_catches_a_staged_model_that_computes_something_else(tmp_path
         (lambda d: training_output(d), ["--repo_id", "me/bad name!"], "me/bad name!"),
         (lambda d: training_output(d), ["--repo_id", "solo"], "must be 'user-or-org/name', got 'solo'"),
         (lambda d: training_output(d), [], "No Hugging Face token for the upload"),
+        (lambda d: (training_output(d) / "config.json").write_text("[1, 2]"), [],
+         "config.json' holds a JSON list, not the object (key: value) it must hold"),
+        (lambda d: (training_output(d) / "training_summary.json").write_text("[]"), [],
+         "training_summary.json' holds a JSON list, not the object (key: value) it must hold"),
+        (lambda d: edit_summary(training_output(d), data=None), [],
+         "has no 'data' section (the data the run trained and was evaluated on)"),
     ],
 )
 def test_bad_input_stops_before_anything_is_written(tmp_path, setup, extra, message):
@@ -243,3 +254,118 @@ def test_the_card_installs_torch_and_transformers_in_the_declared_ranges():
     template = (ROOT / "model_card.md").read_text()
     assert len(needed) == 2 and "pip install " + " ".join(f'"{spec}"' for spec in needed) in template
     assert "pip install hf_minitransformer" not in template
+
+
+def check_inputs(argv: list[str]) -> dict:
+    return publish.check_inputs(publish.parse_args(argv))[0]
+
+
+def swap_two_tokens(folder: Path):
+    """Another tokenizer of the same size: two tokens trade their ids."""
+    data = json.loads((folder / "tokenizer.json").read_text())
+    vocab = data["model"]["vocab"]
+    first, second = list(vocab)[100], list(vocab)[101]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+
+
+def flip_a_byte(file: Path):
+    data = bytearray(file.read_bytes())
+    data[-100] ^= 0xFF
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    # another run's weights: same config, so same size, and the summary's figures are not theirs
+    (lambda run, other: (other / "model.safetensors").replace(run / "model.safetensors"),
+     "model.safetensors does not match the checksum it was saved with"),
+    (lambda run, other: flip_a_byte(run / "model.safetensors"),
+     "model.safetensors does not match the checksum it was saved with"),
+    (lambda run, other: swap_two_tokens(run), "tokenizer.json (has|does not match)"),
+    (lambda run, other: (run / "config.json").unlink(), "is not a training output"),
+    (lambda run, other: (run / "generation_config.json").unlink(), "generation_config.json is missing"),
+])
+def test_a_file_that_is_not_the_one_the_run_saved_is_refused_by_name(tmp_path, change, message):
+    run, other = training_output(tmp_path / "run"), training_output(tmp_path / "other")
+    assert (run / "model.safetensors").stat().st_size == (other / "model.safetensors").stat().st_size
+    tokens = len(AutoTokenizer.from_pretrained(run))
+    change(run, other)
+    assert len(AutoTokenizer.from_pretrained(run)) == tokens if (run / "config.json").exists() else True
+    with pytest.raises(ValueError, match=rf"'.*run'.* {message}"):
+        check_inputs([str(run), "--repo_id", "me/mini", "--dry_run"])
+    assert not (tmp_path / "run-hub").exists()
+
+
+def test_a_summary_without_checksums_is_still_published_with_a_note(tmp_path, capsys):
+    source = training_output(tmp_path / "run")
+    summary = read_summary(source)
+    del summary["files"]  # written before the summaries recorded them
+    (source / "training_summary.json").write_text(json.dumps(summary))
+    assert check_inputs([str(source), "--repo_id", "me/mini", "--dry_run"])["task"] == "clm"
+    assert (f"note: training_summary.json of '{source}' records no checksums (it predates them), so its files cannot "
+            "be checked against the run that wrote them.") in capsys.readouterr().out
+
+
+def test_a_rerun_stages_again_over_its_own_staging_folder_and_nothing_else(tmp_path):
+    # A dry run, or a failed validation or upload, leaves the staging folder: the corrected rerun must not be blocked.
+    source = training_output(tmp_path / "run")
+    argv = [str(source), "--repo_id", "me/mini", "--dry_run"]
+    staged = stage_only(argv)
+    (staged / "README.md").write_text("a card from an earlier, failed attempt")
+    record = json.loads((staged / ".publish-staging.json").read_text())
+    record["files"]["README.md"] = describe_files(staged, ["README.md"])["README.md"]
+    (staged / ".publish-staging.json").write_text(json.dumps(record))  # as if that attempt had staged this card
+    assert stage_only(argv) == staged
+    assert "a card from an earlier" not in (staged / "README.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run-hub"]  # nothing left aside
+    # What publish.py did not stage, or staged and someone changed since, is never replaced.
+    (staged / "LICENSE").write_text("my license text")
+    with pytest.raises(ValueError, match=r"Staging folder '.*run-hub' already exists and is not one publish.py "
+                                         r"staged, unchanged since: it holds LICENSE, which .publish-staging.json "
+                                         r"does not list\. Remove it, or pass another --staging_dir"):
+        check_inputs(argv)
+    (staged / "LICENSE").unlink()
+    (staged / "README.md").write_text("edited by hand")
+    with pytest.raises(ValueError, match=r"README.md has \d+ bytes where \d+ were saved"):
+        check_inputs(argv)
+    with pytest.raises(ValueError, match=r"Staging folder '.*run' holds the training output"):
+        check_inputs([*argv, "--staging_dir", str(source)])
+
+
+@pytest.mark.slow  # stages and validates twice in a subprocess: ~20 s
+def test_the_readmes_dry_run_then_upload_works(tmp_path, monkeypatch):
+    source = training_output(tmp_path / "run")
+    staged = publish.main([str(source), "--repo_id", "me/mini", "--dry_run"])
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token_never_sent")
+    api = RecordingHubApi()
+    assert publish.main([str(source), "--repo_id", "me/mini"], api=api) == staged
+    assert [call[0] for call in api.calls] == ["create_repo", "upload_folder", "files"]
+
+
+@pytest.mark.parametrize(("license_id", "message"), [
+    ("Apache 2", "--license must be a license identifier of the Hub, got 'Apache 2'; see "
+                 "https://huggingface.co/docs/hub/repositories-licenses, or pass 'other' and add the license text "
+                 "as a LICENSE file"),
+    ("MIT", "got 'MIT' (did you mean 'mit'?)"),
+    ("Apache 2.0", "got 'Apache 2.0' (did you mean 'apache-2.0'?)"),
+])
+def test_a_license_the_hub_does_not_know_is_refused(capsys, license_id, message):
+    with pytest.raises(SystemExit) as exit_info:
+        publish.parse_args(["run", "--repo_id", "me/mini", "--license", license_id])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    for known in ("apache-2.0", "cc-by-nc-sa-4.0", "other"):
+        assert publish.parse_args(["run", "--repo_id", "me/mini", "--license", known]).license == known
+
+
+def test_a_hostile_file_name_stays_in_its_table_cell(tmp_path):
+    source = training_output(tmp_path / "run")
+    edit_summary(source, data__source="local file a|b\n| injected | row |\n<img src=x onerror=alert(1)>.txt")
+    staged = stage_only([str(source), "--repo_id", "me/mini", "--dry_run"])
+    card = ModelCard.load(staged / "README.md")
+    rows = [line for line in card.text.splitlines() if line.startswith("| data |")]
+    assert rows == [r"| data | local file a\|b \| injected \| row \| &lt;img src=x onerror=alert(1)&gt;.txt |"]
+    assert "| injected |" not in card.text and "<img" not in card.text
+    # In the metadata the name is YAML data, quoted as YAML quotes it, on one line as every other field.
+    expected = "local file a|b | injected | row | <img src=x onerror=alert(1)>.txt"
+    assert card.data.eval_results[0].dataset_name == expected
+

@@ -1,4 +1,4 @@
-"""The model against an independent float64 implementation of the source document's equations (SPEC.md 1-7).
+"""The model against an independent float64 implementation of the source document's equations (the paper, §3).
 
 The reference below is written from the equations, not from the model: per-head W_Q^i, W_K^i, W_V^i slices,
 softmax(Q_i K_i^T / sqrt(d_k)) V_i for each head separately, Concat, W_O, residual + LayerNorm, FFN. It reads the

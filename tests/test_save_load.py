@@ -122,6 +122,25 @@ def test_round_trip_through_auto_class_is_bit_identical(saved, auto_name):
     assert torch.equal(model_output(loaded, example_inputs()), expected)
 
 
+@pytest.mark.parametrize("head_name", [name for name in AUTO_CLASS_NAMES.values() if name != "MiniTransformerModel"])
+def test_every_head_loads_a_bare_checkpoint_and_reports_its_own_weights_missing(head_name, tmp_path):
+    # What transformers reports for any head: the weights outside `base_model_prefix` that the checkpoint lacks are
+    # missing (and freshly initialised); the body's are all loaded.
+    head_class = getattr(hf_minitransformer, head_name)
+    bare_class = hf_minitransformer.MiniTransformerModel
+    if head_name == "MiniTransformerForSeq2SeqLM":
+        bare_class = hf_minitransformer.MiniTransformerSeq2SeqModel
+    bare = bare_class(make_config(num_labels=3))
+    bare.save_pretrained(tmp_path)
+    head, info = head_class.from_pretrained(tmp_path, output_loading_info=True)
+    prefix = f"{head.base_model_prefix}."
+    own = {name for name in head.state_dict() if not name.startswith(prefix)} - head.all_tied_weights_keys.keys()
+    assert own and set(info["missing_keys"]) == own
+    assert not info["unexpected_keys"] and not info["mismatched_keys"]
+    for name, value in bare.state_dict().items():
+        assert torch.equal(head.model.state_dict()[name], value), name
+
+
 def test_auto_model_loads_the_body_of_any_head(saved):
     folder, model, _ = saved["AutoModelForMaskedLM"]
     body, info = transformers.AutoModel.from_pretrained(folder, output_loading_info=True)

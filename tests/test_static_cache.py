@@ -43,6 +43,45 @@ def test_static_cache_tokens_with_other_positions(position_embedding_type):
     assert torch.equal(static, dynamic)
 
 
+@pytest.mark.parametrize("head, position_embedding_type", [(MiniTransformerForCausalLM, "sinusoidal"),
+                                                           (MiniTransformerForCausalLM, "learned"),
+                                                           (MiniTransformerForSeq2SeqLM, "sinusoidal")])
+def test_static_cache_generation_past_the_position_table_is_refused_before_it_starts(head, position_embedding_type):
+    # Its decoding steps run compiled, without the model's position check: past the table inductor's kernel failed
+    # with "index out of bounds" after the compilation. The lengths are known before the prefill.
+    model = head(make_config(max_position_embeddings=16, position_embedding_type=position_embedding_type)).eval()
+    forward_calls = []
+    model.register_forward_pre_hook(lambda *args: forward_calls.append(1))
+    max_new_tokens = 10 if head is MiniTransformerForCausalLM else 20
+    message = r"would reach position 18, past the last of the 16 .* \(max_position_embeddings=16\)"
+    if head is MiniTransformerForSeq2SeqLM:
+        message = message.replace("18", "19")
+    kwargs = {**GREEDY, "max_new_tokens": max_new_tokens}
+    with pytest.raises(ValueError, match=message):
+        model.generate(torch.randint(3, 99, (1, 10)), cache_implementation="static", **kwargs)
+    assert not forward_calls
+
+
+def test_the_static_cache_length_check_counts_positions_not_padding():
+    # Left padding does not use positions: a row padded by 4 of a 10-column prompt ends at position 5. The other row
+    # ends at 9, so 7 new tokens (positions up to 15) fit a 16-position table and 8 do not.
+    model = MiniTransformerForCausalLM(make_config(max_position_embeddings=16)).eval()
+    input_ids = torch.randint(3, 99, (2, 10))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, :4] = 0
+    kwargs = dict(attention_mask=attention_mask, do_sample=False, eos_token_id=None, pad_token_id=0)
+    dynamic = model.generate(input_ids, max_new_tokens=7, **kwargs)
+    static = model.generate(input_ids, max_new_tokens=7, cache_implementation="static", disable_compile=True, **kwargs)
+    assert torch.equal(static, dynamic)
+    with pytest.raises(ValueError, match="Ask for 1 fewer new tokens"):
+        model.generate(input_ids, max_new_tokens=8, cache_implementation="static", **kwargs)
+    # Rotary positions have no table: no limit.
+    rotary = MiniTransformerForCausalLM(make_config(max_position_embeddings=16, position_embedding_type="rotary"))
+    generated = rotary.eval().generate(input_ids, max_new_tokens=12, cache_implementation="static",
+                                       disable_compile=True, **kwargs)
+    assert generated.shape == (2, 22)
+
+
 def static_cache_for(model, max_cache_len: int, source_len: int):
     """The static cache generate() builds: for an encoder-decoder, its cross-attention part holds the source."""
     if model.config.is_encoder_decoder:

@@ -5,13 +5,14 @@ The smoke runs launch real subprocesses (marked slow); the rest calls `train.mai
 config (hidden 32, 2 layers) and a small slice of the embedded corpus.
 """
 
+import hashlib
+import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset
-from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from hf_minitransformer.data import Seq2SeqDataArgs, load_seq2seq_datasets, train_bpe_tokenizer
@@ -23,8 +24,8 @@ from .conftest import (
     make_config,
     read_log,
     read_summary,
-    reset_accelerate,
     run_script,
+    train_straight_and_resumed,
 )
 
 
@@ -32,6 +33,7 @@ SENTENCE = "The quick brown fox jumps over the lazy dog while the cat sleeps on 
 
 
 train = load_script("train")
+show_model = load_script("show_model")
 
 
 # No Hub, a private datasets cache, one thread and a fresh accelerate state for every in-process run.
@@ -97,6 +99,19 @@ def test_overfits_one_batch(tmp_path):
     assert isinstance(model, torch.nn.Module)
 
 
+def test_the_summary_records_a_checksum_of_every_file_the_final_save_wrote(tmp_path):
+    out = tmp_path / "run"
+    train.main([*TINY_ARGS, "--max_train_steps", "2", "--output_dir", str(out)])
+    files = read_summary(out)["files"]
+    run_own = {"training_summary.json", "train_log.jsonl", ".train.lock"}  # written around the save, not by it
+    assert set(files) == {p.name for p in out.iterdir() if p.is_file()} - run_own
+    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+            "modeling_minitransformer.py", "configuration_minitransformer.py"} <= set(files)
+    for name, recorded in files.items():
+        data = (out / name).read_bytes()
+        assert recorded == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}, name
+
+
 def write_data(path: Path, rows: list[str]):
     """`rows` as a data file of the type its suffix names (one line per row for text files)."""
     from datasets import Dataset
@@ -137,14 +152,40 @@ def test_dataset_name_loads_a_dataset_folder(tmp_path):
     assert summary["data"]["validation_blocks"] > 0
 
 
-def test_max_train_seconds_stops_early_then_evaluates_and_saves(tmp_path):
+def test_max_train_seconds_stops_early_then_evaluates_and_saves(tmp_path, caplog, capsys):
     out = tmp_path / "run"
     train.main([*TINY_ARGS, "--max_train_steps", "100000", "--max_train_seconds", "1", "--output_dir", str(out)])
     summary = read_summary(out)
     assert summary["stopped_early"]
     assert 0 < summary["optimizer_steps"] < summary["planned_optimizer_steps"] == 100000
+    # The run's last line says plainly that its figures are not the planned run's.
+    assert caplog.records[-1].getMessage() == "[RANK 0] " + (
+        f"Training stopped early: {summary['optimizer_steps']} of 100000 planned steps, when --max_train_seconds 1 "
+        "ran out. The figures above are this shorter run's; the README's figures need all planned steps (a faster "
+        "or less busy machine, or a larger --max_train_seconds).")
     assert math.isfinite(summary["final_eval"]["loss"])
     assert (out / "model.safetensors").is_file()
+    # show_model.py on the folder ends with the same line (main_job.sh runs it last).
+    last_line = caplog.records[-1].getMessage().removeprefix("[RANK 0] ")
+    capsys.readouterr()
+    show_model.main([str(out), "--max_new_tokens", "3"])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == last_line
+
+
+def test_show_model_masks_as_the_masked_lm_run_masked(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train.main([*TINY_ARGS, "--task", "mlm", "--mlm_probability", "0.4", "--max_train_steps", "2",
+                "--output_dir", str(out)])
+    probabilities = []
+
+    class RecordingCollator(show_model.DataCollatorForLanguageModeling):
+        def __post_init__(self):
+            super().__post_init__()
+            probabilities.append(self.mlm_probability)
+
+    monkeypatch.setattr(show_model, "DataCollatorForLanguageModeling", RecordingCollator)
+    show_model.main([str(out)])
+    assert probabilities == [0.4]  # it rescored at 0.15, whatever the run used
 
 
 @pytest.mark.parametrize(
@@ -307,17 +348,10 @@ def test_seq2seq_resumes_exactly(tmp_path):
     """6 steps straight equal 3 steps, a checkpoint, and 3 more after resuming from it."""
     common = [*TINY_ARGS, *SEQ2SEQ, "--max_train_steps", "6", "--per_device_train_batch_size", "4",
               "--gradient_accumulation_steps", "2", "--num_warmup_steps", "2", "--checkpointing_steps", "3"]
-    straight = tmp_path / "straight"
-    train.main([*common, "--output_dir", str(straight)])
-    reset_accelerate()
-    resumed = tmp_path / "resumed"
-    train.main([*common, "--resume_from_checkpoint", str(straight / "checkpoints" / "checkpoint-3"),
-                "--output_dir", str(resumed)])
+    straight, resumed = train_straight_and_resumed(train, tmp_path, common, step=3)
     summaries = [read_summary(d) for d in (straight, resumed)]
     assert summaries[0]["final_eval"] == summaries[1]["final_eval"]
     assert summaries[0]["tokens_seen"] == summaries[1]["tokens_seen"]
-    weights = [load_file(str(d / "model.safetensors")) for d in (straight, resumed)]
-    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
 
 
 def test_train_script_runs_the_date_task(tmp_path):
@@ -332,6 +366,7 @@ def test_train_script_runs_the_date_task(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.two_processes
 def test_seq2seq_generation_metrics_gather_each_pair_once_over_two_processes(tmp_path):
     """5 pairs in batches of 2 over 2 processes: accelerate repeats one to even out the batches, and the gather must
     drop it, keeping the dataset order."""
@@ -343,3 +378,27 @@ def test_seq2seq_generation_metrics_gather_each_pair_once_over_two_processes(tmp
     assert summary["num_processes"] == 2 and summary["generation"]["samples"] == 5
     targets = load_seq2seq_datasets(Seq2SeqDataArgs(max_corpus_bytes=200000))["validation"]["target"][:5]
     assert [example["reference"] for example in summary["generation"]["examples"]] == list(targets)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_seq2seq_reads_fields_of_a_struct_column_and_evaluates_on_the_named_split(tmp_path, streaming):
+    """WMT14's layout: one `translation` column of {"en": ..., "de": ...} and train/validation/test splits."""
+    data = tmp_path / "wmt_like"
+    data.mkdir()
+    for split, count in (("train", 40), ("validation", 4), ("test", 6)):
+        rows = [{"translation": {"en": f"{split} number {i}", "de": f"{split} Nummer {i}"}} for i in range(count)]
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "run"
+    streamed = ["--streaming", "--tokenizer_train_samples", "40"] if streaming else []
+    train.main([*TINY_ARGS, "--task", "seq2seq", "--dataset_name", str(data), "--source_column", "translation.en",
+                "--target_column", "translation.de", "--validation_split_name", "test", "--max_train_steps", "1",
+                "--max_target_length", "8", *streamed, "--output_dir", str(out)])
+    summary = read_summary(out)
+    assert summary["data"]["validation_pairs"] == 6  # the test split
+    assert summary["data"]["train_sample_pairs" if streaming else "train_pairs"] == 40
+    assert summary["generation"]["examples"][0]["reference"] == "test Nummer 0"
+    with pytest.raises(ValueError, match=r"--validation_split_name 'dev': the dataset has no such split; its splits "
+                                         r"are train, validation, test"):
+        train.main([*TINY_ARGS, "--task", "seq2seq", "--dataset_name", str(data), "--source_column", "translation.en",
+                    "--target_column", "translation.de", "--validation_split_name", "dev", "--max_train_steps", "1",
+                    *streamed, "--output_dir", str(tmp_path / "dev")])

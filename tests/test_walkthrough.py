@@ -6,17 +6,20 @@ renders.
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
+from hf_minitransformer import MiniTransformerModel
 from hf_minitransformer.data import train_bpe_tokenizer
 from hf_minitransformer.training.tasks import TASKS
-from hf_minitransformer.walkthrough import top_predictions, trace
+from hf_minitransformer.walkthrough import Stage, top_predictions, trace
 
-from .conftest import load_script, make_config, run_command, run_python
+from .conftest import ROOT, load_script, make_config, run_command, run_python, script_env
 
 
 TEXTS = ["March 14th, 1987", "1987-03-14", "the cat sat on the mat", "def add(a, b): return a + b"]
@@ -292,6 +295,106 @@ def test_inspect_page_is_self_contained_and_in_document_order(inspected):
 def test_inspect_rejects_a_folder_without_a_model(tmp_path):
     with pytest.raises(ValueError, match="is not a saved model folder"):
         inspect_model.main([str(tmp_path), "--text", "x", "--output_dir", str(tmp_path / "out")])
+
+
+def saved(folder: Path, model, tokenizer) -> Path:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def damage(folder: Path, how: str) -> Path:
+    if how == "truncated":
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return folder
+
+
+def with_nan(model):
+    with torch.no_grad():
+        model.base_model.layers[1].feed_forward.fc1.weight[3, 4] = float("nan")
+    return model
+
+
+@pytest.mark.parametrize(("make", "extra", "message"), [
+    (lambda d, t: saved(d, transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=len(t), n_embd=32, n_layer=2, n_head=4)), t), [],
+     r"MODEL '.*' is a 'gpt2' model; the walkthrough traces MiniTransformer models only \(a Marian, GPT-2 or BERT "
+     r"checkpoint converts with scripts/convert.py\)"),
+    (lambda d, t: saved(d, transformers.BertModel(transformers.BertConfig(
+        vocab_size=len(t), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)), t), [],
+     "is a 'bert' model"),
+    (lambda d, t: damage(saved(d, build("clm", t), t), "truncated"), [],
+     r"the weights do not load \(Error while deserializing header.*\); the file is truncated or damaged"),
+    (lambda d, t: saved(d, with_nan(build("clm", t)), t), [],
+     r"has weights that are not finite numbers \(model.layers.1.feed_forward.fc1.weight holds NaN or inf\)"),
+    (lambda d, t: saved(d, build("clm", t), t), ["--target", "sat"],
+     "target is for an encoder-decoder model; MiniTransformerForCausalLM reads one text"),
+])
+def test_inspect_refuses_what_it_cannot_trace_in_one_message(tokenizer, tmp_path, make, extra, message):
+    folder = make(tmp_path / "model", tokenizer)
+    with pytest.raises(ValueError, match=message):
+        inspect_model.main([str(folder), "--text", "the cat", "--output_dir", str(tmp_path / "out"), *extra])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--text", ""], "error: --text must not be empty: the walkthrough follows its tokens"),
+    (["--text", "x", "--output_dir", "{tmp}/file"], "error: --output_dir '{tmp}/file' cannot be a folder: "
+                                                    "'{tmp}/file' is a file"),
+    (["--text", "x", "--output_dir", "{tmp}/file/out"], "cannot be a folder: '{tmp}/file' is a file"),
+])
+def test_inspect_arguments_are_checked_when_parsed(tmp_path, capsys, args, message):
+    (tmp_path / "file").write_text("x")
+    argv = ["model", "--output_dir", str(tmp_path / "out"), *[a.format(tmp=tmp_path) for a in args]]
+    with pytest.raises(SystemExit) as exit_info:
+        inspect_model.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message.format(tmp=tmp_path))
+
+
+def test_inspect_says_what_it_shows_of_a_model_without_a_language_model_head(tokenizer, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    config = build("mlm", tokenizer).config
+    folder = saved(tmp_path / "model", MiniTransformerModel(config), tokenizer)
+    inspect_model.main([str(folder), "--text", "the cat", "--output_dir", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert (f"note: {folder} holds a MiniTransformerModel without the weights of a language-model head "
+            "(lm_head.bias, newly initialised here): the stages up to the final hidden states are the saved model's, "
+            "the logits and probabilities come from an untrained head.") in out
+    assert "final.hidden" in out and (tmp_path / "out" / "walkthrough.html").is_file()
+
+
+def test_inspect_shows_token_ids_as_integers_and_masked_scores_as_masked():
+    ids = Stage("embeddings.ids", "Token ids", "tokens", ("n",), torch.tensor([2740, 31999, 5]))
+    assert inspect_model.values_text(ids) == "[2740, 31999, 5]"
+    lowest = torch.finfo(torch.float32).min
+    scores = Stage("layer0.masked_self_attn.scores", "Scaled scores (masked)", "", ("h", "n", "n"),
+                   torch.tensor([[[0.25, lowest + 1.0, float("-inf"), 1e30, 2.0]]]))
+    assert inspect_model.values_text(scores) == "[0.25, masked, masked, 1e+30, ...]"
+
+
+def test_inspect_page_of_a_decoder_only_model_is_not_titled_as_a_decoder(tokenizer, tmp_path):
+    pytest.importorskip("matplotlib")
+    folder = saved(tmp_path / "model", build("clm", tokenizer), tokenizer)
+    inspect_model.main([str(folder), "--text", "the cat sat", "--output_dir", str(tmp_path / "out")])
+    page = (tmp_path / "out" / "walkthrough.html").read_text()
+    assert "<h2>layer 0: Masked self-attention: position t sees positions &lt;= t only</h2>" in page
+    headings = re.findall(r"<h2>(.*?)</h2>", page)
+    assert len(headings) > 4 and not [heading for heading in headings if "decoder" in heading]
+    assert "masked, masked" in page
+
+
+@pytest.mark.slow  # a fresh interpreter: ~10 s
+def test_inspect_command_line_prints_one_error_line_and_exits_1(tokenizer, tmp_path):
+    folder = saved(tmp_path / "gpt2", transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4)), tokenizer)
+    result = run_command([sys.executable, str(ROOT / "scripts" / "inspect_model.py"), str(folder), "--text", "x",
+                          "--output_dir", str(tmp_path / "out")], script_env(tmp_path), timeout=120, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: MODEL '{folder}' is a 'gpt2' model; the walkthrough traces MiniTransformer models only (a Marian, "
+        "GPT-2 or BERT checkpoint converts with scripts/convert.py).")
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

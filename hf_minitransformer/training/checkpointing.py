@@ -1,27 +1,35 @@
 """Resumable checkpoints and the final model save.
 
 A checkpoint is accelerate's `save_state` (model, optimizer, scheduler, sampler, every rank's RNG states; sharded
-under FSDP) plus the tokenizer and a `TrainState`, written under a temporary name and renamed when complete, with a
-manifest (size and sha256 of every file) written last: a resume verifies each file against it. The final save
-gathers the full state dict (under FSDP every rank takes part) and writes a `save_pretrained` folder.
+under FSDP) plus the tokenizer, the model's config and generation config, a `TrainState` and the run's arguments,
+written under a temporary name and renamed when complete, with a manifest (size and sha256 of every file) written
+last: a resume verifies each file against it. `read_checkpoint_weights` reads a checkpoint's model weights back as one
+full state dict in a single process, sharded or not. The final save gathers the full state dict (under FSDP every rank
+takes part) and writes a `save_pretrained` folder.
 """
 
+import copy
 import dataclasses
-import hashlib
 import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 
+import safetensors.torch
 import torch
+import torch.distributed.checkpoint as dcp
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.utils.constants import FSDP_MODEL_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_NAME
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.fsdp import FSDPModule
-from transformers import PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..atomic_files import write_text_atomically
-from .distributed import unsharded_twin
+from ..manifest import describe_files, files_problem
+from .distributed import unsharded_class, unsharded_twin
 from .tracking import warn
 
 
@@ -30,6 +38,15 @@ logger = get_logger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
 MANIFEST = "manifest.json"  # every file of a checkpoint with its size and sha256, written last
+RUN_ARGS = "run_args.json"  # the arguments of the run that saved it, which a resume must repeat
+# With --streaming, each process's place in its share of the stream, one file per process (see streaming.py).
+DATA_STATE = "data_state_{process}.pt"
+CONFIG = "config.json"  # the model's config, as the final save writes it (without auto_map: no code is copied)
+GENERATION_CONFIG = "generation_config.json"  # the generation config the final save writes
+# Where accelerate's `save_state` puts the model weights: safetensors (the default) or torch.save without FSDP; under
+# FSDP a full state dict (FULL_STATE_DICT) or one torch.distributed.checkpoint folder (SHARDED_STATE_DICT).
+UNSHARDED_WEIGHTS = (SAFE_WEIGHTS_NAME, WEIGHTS_NAME, f"{FSDP_MODEL_NAME}.bin")
+SHARDED_WEIGHTS = f"{FSDP_MODEL_NAME}_0"
 
 
 @dataclasses.dataclass
@@ -43,19 +60,28 @@ class TrainState:
     train_seconds: float = 0.0  # wall time spent training, summed over resumes
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str, state: TrainState, tokenizer: PreTrainedTokenizerBase,
-                    total_limit: int):
+def save_checkpoint(accelerator: Accelerator, model: torch.nn.Module, output_dir: str, state: TrainState,
+                    tokenizer: PreTrainedTokenizerBase, total_limit: int, run_args: dict,
+                    data_state: dict | None = None, generation: dict | None = None):
     """`save_state` into a temporary folder renamed when complete: a checkpoint-N folder is never half-written, and
-    its manifest lets a resume detect a file damaged since. Only the newest `total_limit` checkpoints are kept."""
+    its manifest lets a resume detect a file damaged since. Only the newest `total_limit` checkpoints are kept.
+    `data_state`, this process's own (a stream's loader state), is written by each process to a file of its own.
+
+    The model's config and generation config (as `save_model` would write them) make the checkpoint say what its
+    weights are, so that it can be averaged or exported without the run's final folder."""
     root = Path(output_dir) / CHECKPOINTS_DIR
     final, partial = root / f"checkpoint-{state.step}", root / f"tmp-checkpoint-{state.step}"
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)  # left by a run killed while saving
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))  # model, optimizer, scheduler, sampler, every rank's RNG states
+    if data_state is not None:
+        torch.save(data_state, partial / DATA_STATE.format(process=accelerator.process_index))
     if accelerator.is_main_process:
         tokenizer.save_pretrained(partial)
+        write_model_description(accelerator.unwrap_model(model), tokenizer, generation or {}, partial)
         (partial / TRAINER_STATE).write_text(json.dumps(dataclasses.asdict(state), indent=2))
+        (partial / RUN_ARGS).write_text(json.dumps(run_args, indent=2))
     accelerator.wait_for_everyone()  # save_state has no barrier of its own: all ranks must have written
     if accelerator.is_main_process:
         write_manifest(partial)  # last: resuming verifies every file against it
@@ -67,14 +93,58 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, state: TrainState
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path, batches_per_epoch: int) -> TrainState:
-    """Restore everything `save_checkpoint` saved; returns where training stands."""
+def write_model_description(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, generation: dict,
+                            folder: Path):
+    """config.json (naming the model's class, as `save_pretrained` does) and generation_config.json into `folder`."""
+    config = copy.deepcopy(model.config)  # the model keeps its own: the final save sets what it needs on it
+    config.architectures = [unsharded_class(model).__name__]
+    config.to_json_file(folder / CONFIG, use_diff=True)
+    if model.can_generate():
+        generation_config = copy.deepcopy(model.generation_config)
+        set_generation_defaults(generation_config, model.config, tokenizer, generation)
+        generation_config.save_pretrained(folder)
+
+
+def set_generation_defaults(generation_config: GenerationConfig, config: PreTrainedConfig,
+                            tokenizer: PreTrainedTokenizerBase, generation: dict):
+    """The tokenizer's special tokens; for an encoder-decoder also its decoder start and `generation`, how its
+    evaluation decodes (beams, length penalty, and `max_new_tokens`, without which `generate` stops at 20 tokens,
+    shorter than the targets it was trained on)."""
+    generation_config.pad_token_id = tokenizer.pad_token_id
+    generation_config.bos_token_id = tokenizer.bos_token_id
+    generation_config.eos_token_id = tokenizer.eos_token_id
+    if config.is_encoder_decoder:
+        generation_config.decoder_start_token_id = config.decoder_start_token_id
+        generation_config.update(**generation)
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path, batches_per_epoch: int | None) -> TrainState:
+    """Restore everything `save_checkpoint` saved but the data state; returns where training stands (a stream has
+    no epochs: `batches_per_epoch` None)."""
     accelerator.load_state(str(path))
     state = TrainState(**json.loads((path / TRAINER_STATE).read_text()))
-    if state.batches_in_epoch >= batches_per_epoch:  # the checkpoint closed its epoch
+    # The checkpoint closed its epoch.
+    if batches_per_epoch is not None and state.batches_in_epoch >= batches_per_epoch:
         state.epoch, state.batches_in_epoch = state.epoch + 1, 0
     logger.info(f"Resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.batches_in_epoch}).")
     return state
+
+
+def read_data_state(path: Path, process_index: int) -> dict:
+    """The `data_state` a process saved in the checkpoint at `path`."""
+    return torch.load(path / DATA_STATE.format(process=process_index), weights_only=True)
+
+
+def saved_data_states(path: Path) -> int:
+    """How many processes saved a data state in the checkpoint at `path` (0: none, a run without --streaming)."""
+    return len(list(path.glob(DATA_STATE.format(process="*"))))
+
+
+def read_run_args(path: Path) -> dict | None:
+    """The arguments a checkpoint was saved with (verified by its manifest); None for a checkpoint saved before they
+    were recorded."""
+    file = path / RUN_ARGS
+    return json.loads(file.read_text()) if file.is_file() else None
 
 
 def find_checkpoint(value: str, output_dir: str) -> Path:
@@ -125,16 +195,7 @@ def checkpoint_problem(path: Path) -> str | None:
         return f"its {MANIFEST} is unreadable ({error!r})"
     if TRAINER_STATE not in files:
         return f"its {MANIFEST} does not list {TRAINER_STATE}"
-    for name, expected in files.items():
-        file = path / name
-        if not file.is_file():
-            return f"{name} is missing"
-        size = file.stat().st_size
-        if size != expected["bytes"]:
-            return f"{name} has {size} bytes where {expected['bytes']} were saved (truncated or overwritten)"
-        if file_sha256(file) != expected["sha256"]:
-            return f"{name} does not match the checksum it was saved with (corrupted)"
-    return None
+    return files_problem(path, files)
 
 
 def is_in_checkpoints_of(path: Path | None, output_dir: str) -> bool:
@@ -144,20 +205,51 @@ def is_in_checkpoints_of(path: Path | None, output_dir: str) -> bool:
 
 def write_manifest(folder: Path):
     """List every file of `folder` with its size and sha256, into a temporary file renamed into place."""
-    files = {str(path.relative_to(folder)): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
-             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST}
-    write_text_atomically(folder / MANIFEST, json.dumps({"files": files}, indent=1))
+    names = [str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file() and path.name != MANIFEST]
+    write_text_atomically(folder / MANIFEST, json.dumps({"files": describe_files(folder, names)}, indent=1))
 
 
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+def read_checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's model weights as one full state dict on the CPU, read in this process (no process group),
+    whichever form accelerate's `save_state` gave them. A tied weight may appear under one of its names only."""
+    for name in UNSHARDED_WEIGHTS:
+        if (path / name).is_file():
+            if name.endswith(".safetensors"):
+                return safetensors.torch.load_file(path / name)
+            return torch.load(path / name, map_location="cpu", weights_only=True)
+    if (path / SHARDED_WEIGHTS).is_dir():
+        return read_sharded_weights(path / SHARDED_WEIGHTS)
+    raise ValueError(f"{path} holds none of the model weights accelerate's save_state writes "
+                     f"({', '.join(UNSHARDED_WEIGHTS)} or a {SHARDED_WEIGHTS} folder).")
+
+
+def read_sharded_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The FSDP shards of a torch.distributed.checkpoint folder put back together as full tensors.
+
+    Its metadata gives every tensor's full shape and dtype: `dcp.load` fills tensors of those shapes, each shard into
+    its place, in this one process (`no_dist`). accelerate saved {"model": state_dict}, stored as "model.<name>".
+    """
+    reader = dcp.FileSystemReader(folder)
+    entries = reader.read_metadata().state_dict_metadata
+    state = {key: torch.empty(entry.size, dtype=entry.properties.dtype) for key, entry in entries.items()
+             if isinstance(entry, TensorStorageMetadata)}
+    if not state or any(not key.startswith("model.") for key in entries):
+        raise ValueError(f"{folder} is not the model state accelerate's save_state writes under FSDP (a "
+                         "torch.distributed.checkpoint of {'model': state_dict}).")
+    with warnings.catch_warnings():  # dcp warns that it "assumes the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, storage_reader=reader, no_dist=True)
+    return {key.removeprefix("model."): tensor for key, tensor in state.items()}
 
 
 def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
-               output_dir: str, max_new_tokens: int | None = None):
+               output_dir: str, generation: dict) -> list[str]:
     """Safetensors weights, config (with auto_map and code), generation config and tokenizer, as `save_pretrained`
-    writes them. An encoder-decoder's generation config gets `max_new_tokens`, the length it was trained to."""
+    writes them. An encoder-decoder's generation config gets `generation`, how its evaluation decoded (beams, length
+    penalty, `max_new_tokens`: the length it was trained to).
+
+    Returns the names of the files written (on the main process; [] on the others), for the summary's checksums."""
+    before = file_stamps(Path(output_dir)) if accelerator.is_main_process else {}
     # Under FSDP this gathers the full state dict (onto the main process); every rank takes part.
     state_dict = accelerator.get_state_dict(model)
     unwrapped = accelerator.unwrap_model(model)
@@ -169,17 +261,19 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: PreT
             if target in state_dict and source in state_dict:
                 state_dict[target] = state_dict[source]
     if unwrapped.can_generate():
-        generation_config = unwrapped.generation_config
-        generation_config.pad_token_id = tokenizer.pad_token_id
-        generation_config.bos_token_id = tokenizer.bos_token_id
-        generation_config.eos_token_id = tokenizer.eos_token_id
-        if unwrapped.config.is_encoder_decoder:
-            generation_config.decoder_start_token_id = unwrapped.config.decoder_start_token_id
-            # Without it `generate` stops at 20 tokens (max_length), shorter than the targets it was trained on.
-            generation_config.max_new_tokens = max_new_tokens
+        set_generation_defaults(unwrapped.generation_config, unwrapped.config, tokenizer, generation)
     unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process,
                               save_function=accelerator.save, state_dict=state_dict)
     if accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)
     accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return []
+    # Compared rather than listed: which files a tokenizer class or the code-file copy writes varies.
+    return sorted(name for name, stamp in file_stamps(Path(output_dir)).items() if before.get(name) != stamp)
 
+
+def file_stamps(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """(inode, modification time in ns, size) of each file directly in `folder`: a file written anew changes its."""
+    return {path.name: (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            for path in folder.iterdir() if path.is_file() and (stat := path.stat())}

@@ -52,8 +52,12 @@ def unsharded_twin(model: FSDPModule) -> torch.nn.Module:
     code, so the folder would not load with trust_remote_code. The twin shares the config and generation config,
     holds no memory, and is saved with the gathered state dict.
     """
-    model_class = next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
     with torch.device("meta"):
-        twin = model_class(model.config)
+        twin = unsharded_class(model)(model.config)
     twin.generation_config = model.generation_config
     return twin
+
+
+def unsharded_class(model: torch.nn.Module) -> type[torch.nn.Module]:
+    """The model's own class: under FSDP2, the class FSDP<Name> was generated from; otherwise the model's class."""
+    return next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))

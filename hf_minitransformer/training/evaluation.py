@@ -16,7 +16,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 
 logger = get_logger(__name__)
@@ -32,6 +32,7 @@ class Evaluator:
     eval_dataloader: DataLoader
     shift_labels: bool = False  # the causal LM scores each label from the positions before it
     reseeded_collator: object | None = None  # a collator with its own RNG (masked LM): reseeded before each run
+    generation_kwargs: dict = dataclasses.field(default_factory=dict)  # how an encoder-decoder's `generate` decodes
 
     def prepare(self, accelerator: Accelerator):
         """Shard the validation loaders across processes (after the training loader, so checkpoints line up)."""
@@ -59,7 +60,7 @@ class GenerationEvaluator(Evaluator):
 
     generate_dataloader: DataLoader | None = None
     tokenizer: PreTrainedTokenizerBase | None = None
-    generation_kwargs: dict = dataclasses.field(default_factory=dict)
+    max_length_offset: int | None = None  # each target stops at its source's length + this (paper §6.1: 50)
     generated: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # last (reference, prediction)s
 
     def prepare(self, accelerator: Accelerator):
@@ -69,13 +70,31 @@ class GenerationEvaluator(Evaluator):
     def score(self, accelerator: Accelerator, model: torch.nn.Module) -> dict[str, float]:
         metrics = super().score(accelerator, model)
         predictions, references = generate_targets(accelerator, model, self.generate_dataloader, self.tokenizer,
-                                                    self.generation_kwargs)
+                                                    self.generation_kwargs, self.max_length_offset)
         self.generated = list(zip(references, predictions))
         return {**metrics, **sequence_scores(predictions, references)}
 
     def summary(self) -> dict:
         examples = [{"reference": r, "prediction": p} for r, p in self.generated[:10]]
-        return {"generation": {**self.generation_kwargs, "samples": len(self.generated), "examples": examples}}
+        return {"generation": {**self.generation_kwargs, "max_length_offset": self.max_length_offset,
+                               "samples": len(self.generated), "examples": examples},
+                "sacrebleu_signatures": {"bleu": str(BLEU.get_signature()), "chrf": str(CHRF.get_signature())}}
+
+
+class SourceLengthLimit(StoppingCriteria):
+    """Stops each sequence at its source's length plus `offset` new tokens (Vaswani et al. §6.1: "maximum output
+    length during inference to input length + 50, but terminate early when possible").
+
+    `generate` asks its stopping criteria about every running sequence, batch rows first, each row's beams (or
+    kept candidates) next to each other; `source_lengths` has one length per row.
+    """
+
+    def __init__(self, source_lengths: torch.Tensor, offset: int, prompt_length: int):
+        self.limits = source_lengths + offset + prompt_length  # whole decoder sequence, its start token included
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        per_row = input_ids.shape[0] // self.limits.shape[0]
+        return input_ids.shape[1] >= self.limits.repeat_interleave(per_row)
 
 
 def evaluate_loss(accelerator: Accelerator, model: torch.nn.Module, eval_dataloader: DataLoader, shift_labels: bool
@@ -109,14 +128,18 @@ def sample_losses(logits: torch.Tensor, labels: torch.Tensor, shift_labels: bool
 
 
 def generate_targets(accelerator: Accelerator, model: torch.nn.Module, dataloader: DataLoader,
-                     tokenizer: PreTrainedTokenizerBase, generation_kwargs: dict) -> tuple[list[str], list[str]]:
+                     tokenizer: PreTrainedTokenizerBase, generation_kwargs: dict, max_length_offset: int | None = None
+                     ) -> tuple[list[str], list[str]]:
     """Generated targets and references (the labels) of `dataloader`'s pairs, decoded, in order, on every process."""
     generator = accelerator.unwrap_model(model)
     predictions, references = [], []
     for batch in dataloader:
+        stopping = StoppingCriteriaList()
+        if max_length_offset is not None:  # the decoder's prompt is its start token
+            stopping.append(SourceLengthLimit(batch["attention_mask"].sum(dim=-1), max_length_offset, 1))
         with torch.no_grad():
             generated = generator.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                           **generation_kwargs)
+                                           stopping_criteria=stopping, **generation_kwargs)
         # Each process stops at its own longest output and pads labels to its own longest target: pad to the
         # longest over processes, so that the gather can concatenate.
         generated = accelerator.pad_across_processes(generated, dim=1, pad_index=tokenizer.pad_token_id)
@@ -128,11 +151,16 @@ def generate_targets(accelerator: Accelerator, model: torch.nn.Module, dataloade
     return [text.strip() for text in predictions], [text.strip() for text in references]
 
 
+# sacrebleu's defaults, as its command line and `corpus_bleu` use them; once they have scored, their signatures
+# (tokenizer, smoothing, version, ...) say which in the summary.
+BLEU, CHRF = sacrebleu.BLEU(), sacrebleu.CHRF()
+
+
 def sequence_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Corpus BLEU and chrF (sacrebleu, 0-100) and the exact-match rate (0-1) of predictions against references."""
     return {
-        "bleu": sacrebleu.corpus_bleu(predictions, [references]).score,
-        "chrf": sacrebleu.corpus_chrf(predictions, [references]).score,
+        "bleu": BLEU.corpus_score(predictions, [references]).score,
+        "chrf": CHRF.corpus_score(predictions, [references]).score,
         "exact_match": sum(p == r for p, r in zip(predictions, references, strict=True)) / len(references),
     }
 

@@ -1,7 +1,6 @@
 """Logging and trackers: the JSON-lines log every run writes, accelerate's trackers (--report_to), and the training
 metrics logged every --logging_steps."""
 
-import argparse
 import importlib.util
 import json
 import logging
@@ -46,9 +45,9 @@ class JsonlTracker(GeneralTracker):
             file.write(json.dumps(record) + "\n")
 
 
-def trackers(args: argparse.Namespace) -> list:
+def trackers(report_to: str, output_dir: str) -> list:
     """What `Accelerator(log_with=...)` takes: the --report_to trackers and the JSON-lines log in --output_dir."""
-    return tracker_names(args.report_to) + [JsonlTracker(Path(args.output_dir) / LOG_FILE)]
+    return tracker_names(report_to) + [JsonlTracker(Path(output_dir) / LOG_FILE)]
 
 
 def tracker_names(report_to: str) -> list[str]:
@@ -68,9 +67,9 @@ def tracker_names(report_to: str) -> list[str]:
     return names
 
 
-def init_trackers(accelerator: Accelerator, args: argparse.Namespace, step: int):
+def init_trackers(accelerator: Accelerator, output_dir: str, hparams: dict, step: int):
     """Start the trackers; on resume from `step`, drop log lines the killed run wrote after its last checkpoint."""
-    log_path = Path(args.output_dir) / LOG_FILE
+    log_path = Path(output_dir) / LOG_FILE
     if accelerator.is_main_process and log_path.is_file():
         if step == 0:
             log_path.unlink()
@@ -79,8 +78,8 @@ def init_trackers(accelerator: Accelerator, args: argparse.Namespace, step: int)
                        if (json.loads(line).get("step") or 0) <= step]
             log_path.write_text("".join(line + "\n" for line in records))
     # Trackers such as tensorboard take scalars only.
-    hparams = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in vars(args).items()}
-    accelerator.init_trackers("train", config=hparams)
+    scalars = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()}
+    accelerator.init_trackers("train", config=scalars)
 
 
 def setup_logging(accelerator: Accelerator):
@@ -108,23 +107,44 @@ class TrainingMetrics:
 
     def reset(self):
         self.loss, self.batches, self.tokens, self.since = torch.zeros_like(self.loss), 0, 0, time.time()
+        # This process's tokens that are not padding (a tensor, read only when logged) and all its tokens.
+        self.real_tokens, self.padded_tokens = torch.zeros_like(self.loss), 0
 
-    def add(self, loss: torch.Tensor, tokens: int):
-        """One micro-batch: its detached loss and the tokens it fed over all processes."""
+    def add(self, loss: torch.Tensor, tokens: int, batch: dict):
+        """One micro-batch: its detached loss, the tokens it fed over all processes, and the batch itself."""
         self.loss += loss
         self.batches += 1
         self.tokens += tokens
+        self.real_tokens += real_tokens(batch)
+        self.padded_tokens += padded_tokens(batch)
 
     def log(self, step: int, lr: float, epoch: int, tokens_seen: int, grad_norm: torch.Tensor | None) -> dict:
         """Log the window's metrics at `step` and start a new window. A collective: every rank calls it."""
         loss = self.accelerator.reduce(self.loss, reduction="mean").item() / self.batches
+        counts = torch.stack([self.real_tokens, torch.full_like(self.real_tokens, self.padded_tokens)])
+        real, padded = self.accelerator.reduce(counts, reduction="sum").tolist()
         metrics = {"loss": loss, "lr": lr, "epoch": epoch, "tokens_per_s": self.tokens / (time.time() - self.since),
-                   "tokens_seen": tokens_seen}
+                   "tokens_seen": tokens_seen, "non_padding_share": real / padded}
         if grad_norm is not None:
             metrics["grad_norm"] = full_value(grad_norm)
         self.accelerator.log(metrics, step=step)
         self.reset()
         return metrics
+
+
+def padded_tokens(batch: dict) -> int:
+    """Tokens a batch feeds the model, padding included: the (source) input_ids, plus the decoder inputs if any."""
+    return sum(batch[name].numel() for name in ("input_ids", "decoder_input_ids") if name in batch)
+
+
+def real_tokens(batch: dict) -> torch.Tensor | int:
+    """The tokens of `padded_tokens` that are not padding: the attention mask's ones (all, for packed blocks), plus
+    the decoder's scored positions. Counted on the batch's device, so no step waits for the number."""
+    mask = batch.get("attention_mask")
+    count = mask.sum() if mask is not None else batch["input_ids"].numel()
+    if "decoder_input_ids" in batch:  # the labels shifted right: one decoder input per scored label
+        count = count + (batch["labels"] != -100).sum()
+    return count
 
 
 def full_value(value: torch.Tensor) -> float:

@@ -77,8 +77,8 @@ def record_accelerators(train) -> list:
     built = []
     original_build = train.build_accelerator
 
-    def build_accelerator(args):
-        built.append(original_build(args))
+    def build_accelerator(optimization, output):
+        built.append(original_build(optimization, output))
         return built[-1]
 
     train.build_accelerator = build_accelerator
