@@ -140,6 +140,8 @@ def read_log(output_dir: Path) -> list[dict]:
 @pytest.fixture
 def one_thread():
     # On a small shared machine, OpenMP threads busy-waiting on each other slow tiny models 10-30x.
+    # Tests comparing bitwise with a subprocess of script_env (one thread) need it too: a product split over two
+    # threads sums in another order (seen with transformers 5.25: 1.2e-7 apart).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -604,7 +604,7 @@ print("gpt2", type(model).__module__.split(".")[0], torch.equal(logits, expected
 
 @pytest.mark.slow
 def test_converted_folders_load_through_remote_code_without_the_package(
-    marian_source, marian_converted, gpt2_converted, tmp_path
+    marian_source, marian_converted, gpt2_converted, tmp_path, one_thread
 ):
     marian_folder, gpt2_folder = marian_converted[0], gpt2_converted[0]
     sentences = ENGLISH[:3]

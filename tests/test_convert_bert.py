@@ -167,7 +167,8 @@ print([p["token_str"] for p in fill("the cat sits on the [MASK]")])
 
 
 @pytest.mark.slow
-def test_converted_bert_loads_through_remote_code_without_the_package(bert_source, bert_converted, tmp_path):
+def test_converted_bert_loads_through_remote_code_without_the_package(bert_source, bert_converted, tmp_path,
+                                                                     one_thread):
     folder, _ = bert_converted
     batch = pair_batch(AutoTokenizer.from_pretrained(folder))
     with torch.no_grad():

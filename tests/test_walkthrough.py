@@ -217,7 +217,7 @@ torch.save({"module": type(model).__module__, "logits": walkthrough.logits,
 
 
 @pytest.mark.slow  # a fresh interpreter loading remote code: ~10 s
-def test_a_model_loaded_through_remote_code_traces_the_same(tokenizer, tmp_path):
+def test_a_model_loaded_through_remote_code_traces_the_same(tokenizer, tmp_path, one_thread):
     """A downloaded folder runs its own copy of the modeling code (trust_remote_code): the trace uses that copy's
     eager attention, and gives what the installed package's model gives."""
     model = build("seq2seq", tokenizer)
