@@ -79,6 +79,45 @@ def int8_matmul(linear: Int8Linear, hidden_states: torch.Tensor) -> torch.Tensor
     return output.reshape(*hidden_states.shape[:-1], linear.out_features)
 
 
+class Int8Columns(nn.Module):
+    """One of several int8 projections of one input (a self-attention layer's q, k and v): run eagerly, its own
+    `Int8Linear`; compiled, its columns of one `Int8Linear` of all of them (`shared`). Each of the three asks the
+    compiler for the same product of the same input, which AOTAutograd's common-subexpression pass computes once,
+    so a decoding step quantizes the input once and makes one oneDNN call where it made three (fewer fixed costs
+    per call: docs/benchmarks.md). Eagerly, the shared product would be computed three times, hence the own copy."""
+
+    def __init__(self, own: Int8Linear, shared: Int8Linear, start: int):
+        super().__init__()
+        self.own, self.shared = own, shared
+        self.start, self.end = start, start + own.out_features
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return self.shared(hidden_states)[..., self.start:self.end]
+        return self.own(hidden_states)
+
+
+def share_query_key_value_products(model: PreTrainedModel):
+    """Turns the q, k and v projections of each self-attention layer (same input) into `Int8Columns` of one int8
+    product. Cross-attention keeps three: its queries and its keys and values project different inputs."""
+    from .modeling_minitransformer import MiniTransformerAttention
+
+    for attention in model.modules():
+        if not isinstance(attention, MiniTransformerAttention) or attention.is_cross_attention:
+            continue
+        projections = [attention.q_proj, attention.k_proj, attention.v_proj]
+        fused = nn.Linear(attention.q_proj.in_features, sum(p.out_features for p in projections),
+                          bias=attention.q_proj.bias is not None)
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([p.weight for p in projections]))
+            if fused.bias is not None:
+                fused.bias.copy_(torch.cat([p.bias for p in projections]))
+        shared, start = Int8Linear(fused), 0
+        for name, projection in zip(("q_proj", "k_proj", "v_proj"), projections):
+            setattr(attention, name, Int8Columns(Int8Linear(projection), shared, start))
+            start += projection.out_features
+
+
 class NoBackward(torch.autograd.Function):
     """The int8 product in a graph that records gradients; its backward refuses (the weights are int8 and packed:
     there is nothing to train, and oneDNN's kernel has no derivative)."""
@@ -97,7 +136,8 @@ class NoBackward(torch.autograd.Function):
 
 def quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
     """Replaces every `nn.Linear` of `model` in place, output projection included, by an `Int8Linear`, and returns
-    it. Embeddings, LayerNorms and attention stay float32.
+    it; each self-attention layer's q, k and v become `Int8Columns` of one product when compiled. Embeddings,
+    LayerNorms and attention stay float32.
 
     For inference in this process: backward through it raises, and so does `save_pretrained` (save the float
     model; a tied output projection no longer shares its tensor with the token embeddings). `generate` works with
@@ -117,6 +157,7 @@ def quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
                          "quantize the float32 model once")
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")):
         raise RuntimeError("quantize_int8 needs PyTorch's oneDNN int8 kernels (an x86 CPU build of torch)")
+    share_query_key_value_products(model)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
