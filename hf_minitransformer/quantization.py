@@ -82,9 +82,10 @@ def int8_matmul(linear: Int8Linear, hidden_states: torch.Tensor) -> torch.Tensor
 class Int8Columns(nn.Module):
     """One of several int8 projections of one input (a self-attention layer's q, k and v): run eagerly, its own
     `Int8Linear`; compiled, its columns of one `Int8Linear` of all of them (`shared`). Each of the three asks the
-    compiler for the same product of the same input, which AOTAutograd's common-subexpression pass computes once,
-    so a decoding step quantizes the input once and makes one oneDNN call where it made three (fewer fixed costs
-    per call: docs/benchmarks.md). Eagerly, the shared product would be computed three times, hence the own copy."""
+    compiler for the same product of the same input, which inductor (as `generate` compiles a quantized model's
+    step, with freezing) computes once: a decoding step quantizes the input once and makes one oneDNN call where it
+    made three (fewer fixed costs per call: docs/benchmarks.md; `aot_eager` alone keeps three). Eagerly the shared
+    product would be computed three times, hence the own copy."""
 
     def __init__(self, own: Int8Linear, shared: Int8Linear, start: int):
         super().__init__()
