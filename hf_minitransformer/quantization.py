@@ -103,7 +103,7 @@ def share_query_key_value_products(model: PreTrainedModel):
     product. Cross-attention keeps three: its queries and its keys and values project different inputs."""
     from .modeling_minitransformer import MiniTransformerAttention
 
-    for attention in model.modules():
+    for attention in list(model.modules()):  # a list: the loop replaces modules
         if not isinstance(attention, MiniTransformerAttention) or attention.is_cross_attention:
             continue
         projections = [attention.q_proj, attention.k_proj, attention.v_proj]
