@@ -1,5 +1,6 @@
 """What every test file shares: tiny configs, tiny train.py runs, and the one way to run a fresh interpreter."""
 
+import contextlib
 import copy
 import json
 import os
@@ -137,15 +138,24 @@ def read_log(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture
-def one_thread():
-    # On a small shared machine, OpenMP threads busy-waiting on each other slow tiny models 10-30x.
-    # Tests comparing bitwise with a subprocess of script_env (one thread) need it too: a product split over two
-    # threads sums in another order (seen with transformers 5.25: 1.2e-7 apart).
+@contextlib.contextmanager
+def torch_on_one_thread():
+    """torch on one thread inside the block, as before it after. On a small shared machine, OpenMP threads
+    busy-waiting on each other slow tiny models 10-30x. Tests comparing bitwise with a subprocess of script_env (one
+    thread) need it too: a product split over two threads sums in another order (seen with transformers 5.25: 1.2e-7
+    apart)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    with torch_on_one_thread():
+        yield
 
 
 def use_private_datasets_cache(monkeypatch: pytest.MonkeyPatch, folder: Path):

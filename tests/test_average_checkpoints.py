@@ -31,6 +31,7 @@ from .conftest import (
     run_python,
     run_script,
     script_env,
+    torch_on_one_thread,
     use_private_datasets_cache,
 )
 
@@ -46,15 +47,13 @@ PAIRS = {"def add(a, b):\n    return a + b\n": "Return the sum of a and b.",
 
 
 def train_in_process(tmp: Path, argv: list[str]):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            use_private_datasets_cache(patch, tmp / "datasets_cache")
-            train.main(argv)
-    finally:
-        reset_accelerate()
-        torch.set_num_threads(threads)
+    with torch_on_one_thread():
+        try:
+            with pytest.MonkeyPatch.context() as patch:
+                use_private_datasets_cache(patch, tmp / "datasets_cache")
+                train.main(argv)
+        finally:
+            reset_accelerate()
 
 
 @pytest.fixture(scope="module")
