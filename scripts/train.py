@@ -80,7 +80,11 @@ from hf_minitransformer.training.checkpointing import (
     save_checkpoint,
     save_model,
 )
-from hf_minitransformer.training.distributed import share_tied_embedding_module, warn_if_not_as_configured
+from hf_minitransformer.training.distributed import (
+    end_training,
+    share_tied_embedding_module,
+    warn_if_not_as_configured,
+)
 from hf_minitransformer.training.evaluation import Evaluator, format_metrics
 from hf_minitransformer.training.preparation import PreparedData, prepare_data
 from hf_minitransformer.training.run_folder import (
@@ -173,8 +177,9 @@ def train(args: TrainArguments, task: Task, accelerator: Accelerator, base_confi
     # Every rank's collectives (the DDP reducer's included) complete before any process group is torn down: a rank
     # that destroys its gloo group while work is pending can hang at exit.
     accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return accelerator.unwrap_model(model)
+    model = accelerator.unwrap_model(model)  # this function's last reference to the DDP wrapper
+    end_training(accelerator)
+    return model
 
 
 def train_loop(args: TrainArguments, task: Task, accelerator: Accelerator, model: torch.nn.Module,

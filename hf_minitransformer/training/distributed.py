@@ -4,6 +4,7 @@ accelerate does the sharding, the sharded checkpoints and the gathering; these a
 around it. tests/test_distributed.py runs them on CPU through accelerate's own FSDP2 path.
 """
 
+import gc
 import os
 
 import torch
@@ -61,3 +62,19 @@ def unsharded_twin(model: FSDPModule) -> torch.nn.Module:
 def unsharded_class(model: torch.nn.Module) -> type[torch.nn.Module]:
     """The model's own class: under FSDP2, the class FSDP<Name> was generated from; otherwise the model's class."""
     return next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
+
+
+def end_training(accelerator: Accelerator):
+    """accelerate's end_training (trackers finished, process group destroyed), once the DDP wrapper is gone.
+
+    The wrapper's C++ reducer holds the gloo process group. Had it let go last (as the caller's frame ends), it would
+    destroy the group with the interpreter lock held, and the group waits for its worker threads, one of which may
+    still need that lock to free the tensors of the last collective: the process hangs for good (one two-process run
+    in about 30 here; py-spy: ~ProcessGroupGloo in std::thread::join under ~Reducer, the worker thread in
+    gil_scoped_acquire). Freed first, the reducer only drops its reference; destroy_process_group then drops the
+    group through torch's Python binding, which releases the lock before the destructor runs. The caller must hold
+    no reference to the wrapper (keep `accelerator.unwrap_model(model)`).
+    """
+    accelerator.free_memory()  # accelerate's references to the prepared model, optimizer, scheduler and loaders
+    gc.collect()  # the wrapper, were it in a reference cycle
+    accelerator.end_training()
