@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -255,16 +256,36 @@ def script_env(tmp_path: Path, use_cpu: bool = False) -> dict[str, str]:
     return env
 
 
+def kill_process_tree(pid: int) -> list[psutil.Process]:
+    """SIGKILL `pid`, its process group and every process it started, with their groups, and wait for them to end;
+    returns those still running after that (none, unless the OS refused). torchrun starts each worker in a session
+    of its own: killing the launcher's group alone would leave the workers running, still writing to the run's
+    folder, holding its lock, a core and the launcher's output pipes (a test reading them to their end would wait
+    forever)."""
+    try:
+        processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    # The launcher is the caller's child: it stays a zombie until the caller waits for it, which counts as ended.
+    _, alive = psutil.wait_procs(processes[1:], timeout=30)
+    return alive
+
+
 def run_command(command: list[str], env: dict[str, str], cwd: Path | None = None, timeout: int = 300,
                 check: bool = True) -> subprocess.CompletedProcess:
-    """`command` in its own process group: on timeout the group is killed (a launcher's worker left behind would hold
-    its cores) and the run counts as failed. With `check`, a failure fails the test with the end of its output."""
+    """`command` in its own process group: on timeout it is killed with everything it started and the run counts as
+    failed. With `check`, a failure fails the test with the end of its output."""
     process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        kill_process_tree(process.pid)
         stdout, stderr = process.communicate()
         stderr += f"\n[test] killed after {timeout} s"
     result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
