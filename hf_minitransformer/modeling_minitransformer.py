@@ -385,6 +385,27 @@ class MiniTransformerPreTrainedModel(PreTrainedModel):
             table = sinusoidal_position_encoding(self.config.max_position_embeddings, self.config.hidden_size)
             init.copy_(module.position_encoding, table)
 
+    def get_compiled_call(self, compile_config: CompileConfig | None) -> Callable:
+        """What `generate` runs for each decoding step with a static cache: this model's `__call__` compiled, as
+        transformers does, but as a function whose code object is this model's own.
+
+        torch.compile keeps its compiled code per Python code object, and transformers compiles `self.__call__`,
+        whose code (`nn.Module.__call__`) every model shares: all models compiled in a process then add to one list,
+        and a step of one model first tries the guards of the others' entries. An int8 model compiled beside its
+        float32 original decoded 20-40% slower that way (docs/benchmarks.md).
+        """
+        compile_config = compile_config or self._default_compile_config()
+        # The owner: a deep copy of a model copies these attributes, and the copied function would call the original.
+        if getattr(self, "_compiled_call_owner", None) != id(self) or self._last_compile_config != compile_config:
+
+            def call(*args, **kwargs):
+                return self(*args, **kwargs)
+
+            call.__code__ = call.__code__.replace()  # a new code object: a list of compiled entries of its own
+            self._compiled_call = torch.compile(call, **compile_config.to_dict())
+            self._last_compile_config, self._compiled_call_owner = compile_config, id(self)
+        return self._compiled_call
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         # transformers writes `auto_map` only for the class being saved; add the other heads, keeping any entry
         # already there (a model loaded from the Hub carries "repo--module.Class" references).

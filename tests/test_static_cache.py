@@ -1,7 +1,10 @@
 """Static cache, full-graph compilation and host-sync-free decoding steps (issue 12)."""
 
+import copy
+
 import pytest
 import torch
+from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 from transformers import EncoderDecoderCache, StaticCache
 
 from hf_minitransformer import MiniTransformerForCausalLM, MiniTransformerForSeq2SeqLM
@@ -168,3 +171,34 @@ def test_static_cache_generate_compiles_on_the_cpu(head):
         assert torch.equal(static, dynamic)
     assert hasattr(model, "_compiled_call"), "generate did not compile the decoding step"
     assert not hasattr(head(make_config()), "_compiled_call")
+
+
+@pytest.mark.slow
+def test_each_model_keeps_its_own_compiled_steps():
+    """transformers compiles `self.__call__`, whose code all models share, and torch.compile keeps one list of
+    compiled entries per code object: a step of one model would first try the guards of every other model's
+    entries (docs/benchmarks.md measured 20-40% on an int8 model beside its float32 original)."""
+    first, second = (MiniTransformerForCausalLM(make_config()).eval() for _ in range(2))
+    input_ids, attention_mask = left_padded_prompt()
+    for model in (first, second, first):
+        model.generate(input_ids, attention_mask=attention_mask, cache_implementation="static", **GREEDY)
+    codes = [model._compiled_call._torchdynamo_orig_callable.__code__ for model in (first, second)]
+    assert codes[0] is not codes[1]
+    assert [len(_debug_get_cache_entry_list(code)) for code in codes] == [1, 1]
+
+
+@pytest.mark.slow
+def test_a_deep_copy_of_a_compiled_model_decodes_with_its_own_weights():
+    # transformers' own get_compiled_call keeps a function bound to the original, which the copy inherits: the
+    # copy's static-cache steps ran on the original's weights (every token after the first).
+    model = MiniTransformerForCausalLM(make_config()).eval()
+    input_ids, attention_mask = left_padded_prompt()
+    kwargs = dict(attention_mask=attention_mask, **GREEDY)
+    model.generate(input_ids, cache_implementation="static", **kwargs)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in twin.parameters():
+            parameter.mul_(-1.0)
+    expected = twin.generate(input_ids, **kwargs)
+    assert not torch.equal(expected, model.generate(input_ids, **kwargs))  # the copy's own tokens differ
+    assert torch.equal(twin.generate(input_ids, cache_implementation="static", **kwargs), expected)
