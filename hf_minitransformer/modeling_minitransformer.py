@@ -392,7 +392,7 @@ class MiniTransformerPreTrainedModel(PreTrainedModel):
         torch.compile keeps its compiled code per Python code object, and transformers compiles `self.__call__`,
         whose code (`nn.Module.__call__`) every model shares: all models compiled in a process then add to one list,
         and a step of one model first tries the guards of the others' entries. An int8 model compiled beside its
-        float32 original decoded 20-40% slower that way (docs/benchmarks.md).
+        float32 original decoded 22-34% faster with its own (docs/benchmarks.md).
         """
         compile_config = compile_config or self._default_compile_config()
         # The owner: a deep copy of a model copies these attributes, and the copied function would call the original.
