@@ -79,23 +79,40 @@ def int8_matmul(linear: Int8Linear, hidden_states: torch.Tensor) -> torch.Tensor
     return output.reshape(*hidden_states.shape[:-1], linear.out_features)
 
 
-class Int8Columns(nn.Module):
-    """One of several int8 projections of one input (a self-attention layer's q, k and v): run eagerly, its own
-    `Int8Linear`; compiled, its columns of one `Int8Linear` of all of them (`shared`). Each of the three asks the
-    compiler for the same product of the same input, which inductor (as `generate` compiles a quantized model's
-    step, with freezing) computes once: a decoding step quantizes the input once and makes one oneDNN call where it
-    made three (fewer fixed costs per call: docs/benchmarks.md; `aot_eager` alone keeps three). Eagerly the shared
-    product would be computed three times, hence the own copy."""
+class SharedInt8Linear(Int8Linear):
+    """An `Int8Linear` whose output several `Int8Columns` split (a self-attention layer's q, k and v, of one input).
+    Eagerly it keeps the product of its last input until each part has taken its columns, so that the three
+    projections quantize the input once and make one oneDNN call; compiled, inductor computes the one product the
+    three ask for (with freezing, as `generate` compiles a quantized model's step)."""
 
-    def __init__(self, own: Int8Linear, shared: Int8Linear, start: int):
+    def __init__(self, linear: nn.Linear, parts: int):
+        super().__init__(linear)
+        self.parts = parts
+        self.last = None  # (input, product, starts taken) of the last eager call
+
+    def columns(self, hidden_states: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return self(hidden_states)[..., start:end]
+        # By identity: the three projections get the same tensor, one after another, within one attention call.
+        if self.last is None or self.last[0] is not hidden_states or start in self.last[2]:
+            self.last = (hidden_states, self(hidden_states), set())
+        _, product, taken = self.last
+        taken.add(start)
+        if len(taken) == self.parts:
+            self.last = None  # every part has its columns: hold no activations between calls
+        return product[..., start:end]
+
+
+class Int8Columns(nn.Module):
+    """One of several int8 projections of one input: its columns, `start` to `end`, of a `SharedInt8Linear`."""
+
+    def __init__(self, shared: SharedInt8Linear, start: int, end: int):
         super().__init__()
-        self.own, self.shared = own, shared
-        self.start, self.end = start, start + own.out_features
+        self.shared, self.start, self.end = shared, start, end
+        self.in_features, self.out_features = shared.in_features, end - start
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():
-            return self.shared(hidden_states)[..., self.start:self.end]
-        return self.own(hidden_states)
+        return self.shared.columns(hidden_states, self.start, self.end)
 
 
 def share_query_key_value_products(model: PreTrainedModel):
@@ -113,9 +130,9 @@ def share_query_key_value_products(model: PreTrainedModel):
             fused.weight.copy_(torch.cat([p.weight for p in projections]))
             if fused.bias is not None:
                 fused.bias.copy_(torch.cat([p.bias for p in projections]))
-        shared, start = Int8Linear(fused), 0
+        shared, start = SharedInt8Linear(fused, parts=len(projections)), 0
         for name, projection in zip(("q_proj", "k_proj", "v_proj"), projections):
-            setattr(attention, name, Int8Columns(Int8Linear(projection), shared, start))
+            setattr(attention, name, Int8Columns(shared, start, start + projection.out_features))
             start += projection.out_features
 
 

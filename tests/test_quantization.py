@@ -66,10 +66,10 @@ def test_int8_compiled_static_generate_gives_the_float32_tokens_at_two_batch_siz
         assert torch.equal(tokens, model.generate(source, **kwargs)), batch_size
 
 
-def test_compiled_self_attention_quantizes_its_input_once_for_q_k_and_v():
-    # The compiled step's int8 products of one input share one oneDNN call (Int8Columns): fewer per-call fixed costs
-    # at batch 1, where they weigh most. Compiled as generate compiles a quantized model's step (inductor, freezing);
-    # eagerly each projection keeps its own product. Either way the same numbers.
+def test_self_attention_quantizes_its_input_once_for_q_k_and_v():
+    # The int8 products of one input share one oneDNN call (Int8Columns of a SharedInt8Linear): fewer per-call fixed
+    # costs at batch 1, where they weigh most. Compiled as generate compiles a quantized model's step (inductor,
+    # freezing), and eagerly (the encoder, the first decoding step, the default cache). Either way the same numbers.
     _, quantized = seq2seq_pair()
     attention = quantized.model.decoder.layers[0].self_attn
     hidden_states = torch.randn(1, 3, 32)
@@ -77,13 +77,21 @@ def test_compiled_self_attention_quantizes_its_input_once_for_q_k_and_v():
     def query_key_value(hidden_states):
         return attention.q_proj(hidden_states), attention.k_proj(hidden_states), attention.v_proj(hidden_states)
 
+    def products_and_calls(function):
+        with torch.profiler.profile() as profile:
+            outputs = function(hidden_states)
+        return outputs, sum(event.name == "onednn::qlinear_pointwise" for event in profile.events())
+
     compiled = torch.compile(query_key_value, fullgraph=True)
     with torch.inference_mode(), torch._inductor.config.patch(freezing=True):
         compiled(hidden_states)
-        with torch.profiler.profile() as profile:
-            outputs = compiled(hidden_states)
-        expected = query_key_value(hidden_states)
-    assert sum(event.name == "onednn::qlinear_pointwise" for event in profile.events()) == 1
+        outputs, compiled_calls = products_and_calls(compiled)
+        expected, eager_calls = products_and_calls(query_key_value)
+        assert attention.q_proj.shared.last is None  # nothing held once q, k and v have their columns
+        other = torch.randn(1, 3, 32)  # a new input gets its own product, not the last one's
+        assert torch.equal(attention.q_proj(other), query_key_value(other)[0])
+        assert not torch.equal(attention.q_proj(other), expected[0])
+    assert (compiled_calls, eager_calls) == (1, 1)
     assert all(torch.equal(output, eager) for output, eager in zip(outputs, expected))
     cross = quantized.model.decoder.layers[0].cross_attn
     assert all(isinstance(getattr(cross, name), Int8Linear) for name in ("q_proj", "k_proj", "v_proj"))

@@ -8,7 +8,7 @@ from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 from transformers import EncoderDecoderCache, StaticCache
 
 from hf_minitransformer import MiniTransformerForCausalLM, MiniTransformerForSeq2SeqLM
-from hf_minitransformer.modeling_minitransformer import check_in_range
+from hf_minitransformer.modeling_minitransformer import check_in_range, checking_guards_once
 
 from .conftest import make_config
 
@@ -202,3 +202,41 @@ def test_a_deep_copy_of_a_compiled_model_decodes_with_its_own_weights():
     expected = twin.generate(input_ids, **kwargs)
     assert not torch.equal(expected, model.generate(input_ids, **kwargs))  # the copy's own tokens differ
     assert torch.equal(twin.generate(input_ids, cache_implementation="static", **kwargs), expected)
+
+
+class Scale(torch.nn.Module):
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def test_a_step_like_the_one_before_skips_the_guards_that_step_checked():
+    # What makes the compiled decoding steps cheaper (docs/benchmarks.md): dynamo's guards on modules and settings
+    # are checked in full once per generate and per change of inputs, not at every step. The module attribute
+    # below stands for them: changed between two like steps of one generate, it is not seen (nothing inside one
+    # generate changes them); every other change is, and so is any change before the next generate.
+    module = Scale(2.0)
+    compiled = torch.compile(module.__call__, backend="eager", fullgraph=True)
+    step = checking_guards_once(compiled)
+    x = torch.ones(2)
+    assert step(x).tolist() == [2.0, 2.0]
+    module.factor = 3.0
+    assert step(x).tolist() == [2.0, 2.0]  # a step like the one before: its guards were checked there
+    assert step(torch.ones(3)).tolist() == [3.0, 3.0, 3.0]  # other shapes: checked in full, recompiled
+    assert step(x).tolist() == [3.0, 3.0]  # back to the first shape: a full check finds the change
+    module.factor = 4.0
+    assert checking_guards_once(compiled)(x).tolist() == [4.0, 4.0]  # the next generate checks in full
+
+
+@pytest.mark.slow
+def test_compiled_steps_of_changing_lengths_in_one_generate_give_the_eager_tokens():
+    # Chunked prefill feeds the compiled call chunks of several lengths within one generate: each chunk whose
+    # inputs differ from the one before is checked in full (and compiled), so the tokens stay the eager ones.
+    model = MiniTransformerForCausalLM(make_config()).eval()
+    input_ids = torch.randint(3, 99, (2, 7))
+    expected = model.generate(input_ids, **GREEDY)
+    chunked = model.generate(input_ids, cache_implementation="static", prefill_chunk_size=3, **GREEDY)
+    assert torch.equal(chunked, expected)
