@@ -154,7 +154,7 @@ class NoBackward(torch.autograd.Function):
 
 def quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
     """Replaces every `nn.Linear` of `model` in place, output projection included, by an `Int8Linear`, and returns
-    it; each self-attention layer's q, k and v become `Int8Columns` of one product when compiled. Embeddings,
+    it; each self-attention layer's q, k and v become `Int8Columns` of one product. Embeddings,
     LayerNorms and attention stay float32.
 
     For inference in this process: backward through it raises, and so does `save_pretrained` (save the float
