@@ -366,8 +366,8 @@ def checking_guards_once(compiled: Callable) -> Callable:
     `skip_guard_eval_unsafe`, which checks only the guards that tell its compiled entries apart (every tensor's
     shape, dtype and strides among them) and skips the thousands on the model's modules and settings, which the
     step before checked in full and nothing inside one `generate` changes. Any other step (the first, a chunk of
-    another length, a new batch size) is checked in full. 0.8 ms a step at batch 8 with int8 weights, 5-13% of the
-    decoding time (docs/benchmarks.md)."""
+    another length, a new batch size) is checked in full. With int8 weights: +2-13% tokens/s at batch 1 and 8 in
+    three A/Bs (docs/benchmarks.md)."""
     previous = None  # the signature of the last step checked in full; it keeps its objects alive, so ids stay theirs
 
     def step(*args, **kwargs):
