@@ -109,7 +109,6 @@ class Int8Columns(nn.Module):
     def __init__(self, shared: SharedInt8Linear, start: int, end: int):
         super().__init__()
         self.shared, self.start, self.end = shared, start, end
-        self.in_features, self.out_features = shared.in_features, end - start
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.shared.columns(hidden_states, self.start, self.end)
